@@ -1,0 +1,138 @@
+"""data.py: IDX parsing and validation, folder resolution, device batches."""
+import hashlib
+import gzip
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import data
+from helpers import REAL_MNIST, idx_bytes, synthetic_arrays, write_idx, write_mnist
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_loads_gzip_and_raw_files_alike(tmp_path, compress):
+    arrays = write_mnist(str(tmp_path), compress=compress)
+    train_x, train_y, test_x, test_y = data.load_mnist(str(tmp_path))
+    assert train_x.shape == (1050, 784) and test_x.shape == (230, 784)
+    assert train_x.dtype == np.float32 and 0.0 <= train_x.min() and train_x.max() <= 1.0
+    np.testing.assert_allclose(train_x * 255, arrays[0].reshape(1050, 784), atol=1e-3)
+    assert train_y.dtype == np.int32 and np.array_equal(train_y, arrays[1])
+    assert np.array_equal(test_y, arrays[3])
+
+
+def _corrupt(folder, kind):
+    """Damage a freshly written synthetic set in one way; return the text the error must contain."""
+    train_x, train_y, test_x, test_y = synthetic_arrays()
+    images = os.path.join(folder, data.FILES[0] + ".gz")
+    if kind == "missing":
+        os.remove(os.path.join(folder, data.FILES[3] + ".gz"))
+        return "MNIST files missing"
+    if kind == "truncated":
+        write_idx(folder, data.FILES[0], idx_bytes(train_x)[:-100])
+        return "is truncated"
+    if kind == "empty":
+        write_idx(folder, data.FILES[0], b"")
+        return "is truncated"
+    if kind == "wrong magic":
+        write_idx(folder, data.FILES[0], idx_bytes(train_x, magic=0x0801))
+        return "magic number 0x00000801"
+    if kind == "mismatched counts":
+        write_idx(folder, data.FILES[3], idx_bytes(test_y[:-1]))
+        return "different splits"
+    if kind == "label out of range":
+        bad = train_y.copy()
+        bad[7] = 10
+        write_idx(folder, data.FILES[1], idx_bytes(bad))
+        return "label 10 at index 7 is outside 0..9"
+    if kind == "wrong image size":
+        write_idx(folder, data.FILES[0], idx_bytes(np.zeros((5, 32, 32), np.uint8)))
+        return "expected 28"
+    if kind == "html instead of gzip":
+        with open(images, "wb") as f:
+            f.write(b"<html><body>404 Not Found</body></html>")
+        return "cannot be read as gzip"
+    if kind == "trailing bytes":
+        write_idx(folder, data.FILES[0], idx_bytes(train_x) + b"\0")
+        return "longer than its header says"
+    raise ValueError(kind)
+
+
+BAD_DATA = ["missing", "truncated", "empty", "wrong magic", "mismatched counts", "label out of range",
+            "wrong image size", "html instead of gzip", "trailing bytes"]
+
+
+@pytest.mark.parametrize("kind", BAD_DATA)
+def test_bad_data_is_one_clear_error(synthetic_dir, kind):
+    expected = _corrupt(synthetic_dir, kind)
+    with pytest.raises(data.DataError) as err:
+        data.load_mnist(synthetic_dir)
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+
+
+def test_data_dir_that_is_a_file_is_an_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a folder")
+    with pytest.raises(data.DataError, match="is not a folder"):
+        data.load_mnist(str(path))
+
+
+def test_explicit_folder_is_never_written_to(tmp_path):
+    with pytest.raises(data.DataError, match="put the four files"):
+        data.load_mnist(str(tmp_path), mirrors=("http://127.0.0.1:9/",))
+    assert os.listdir(tmp_path) == []
+
+
+def test_folder_order_is_flag_then_env_then_cache(tmp_path, monkeypatch):
+    flag, env, home = tmp_path / "flag", tmp_path / "env", tmp_path / "home"
+    for folder, n in ((flag, 100), (env, 200), (home / "datasets" / "mnist", 300)):
+        folder.mkdir(parents=True)
+        write_mnist(str(folder), synthetic_arrays(num_train=n, num_test=10))
+    monkeypatch.setenv("MXNET_HOME", str(home))
+    assert len(data.load_mnist()[0]) == 300
+    monkeypatch.setenv("MNIST_DIR", str(env))
+    assert len(data.load_mnist()[0]) == 200
+    assert len(data.load_mnist(str(flag))[0]) == 100
+
+
+def test_cache_follows_mxnet_home(monkeypatch):
+    monkeypatch.setenv("MXNET_HOME", "/opt/mx")
+    assert data.default_cache_dir() == "/opt/mx/datasets/mnist"
+    monkeypatch.delenv("MXNET_HOME")
+    assert data.default_cache_dir() == os.path.join(os.path.expanduser("~"), ".mxnet", "datasets", "mnist")
+
+
+def test_epoch_batches_cover_every_sample_once_with_a_short_tail():
+    batches = [b.asnumpy() for b in data.epoch_batches(23, 5, mx.cpu(), np.random.RandomState(1))]
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    order = np.concatenate(batches)
+    assert sorted(order) == list(range(23)) and list(order) != list(range(23))
+
+
+def test_epoch_batches_are_seeded_and_reshuffled_each_epoch():
+    def epoch(rng):
+        return np.concatenate([b.asnumpy() for b in data.epoch_batches(50, 8, mx.cpu(), rng)])
+    a, b = np.random.RandomState(3), np.random.RandomState(3)
+    first_a, first_b = epoch(a), epoch(b)
+    assert np.array_equal(first_a, first_b)
+    assert not np.array_equal(first_a, epoch(a))
+    unshuffled = np.concatenate([b.asnumpy() for b in data.epoch_batches(10, 4, mx.cpu())])
+    assert list(unshuffled) == list(range(10))
+
+
+@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
+def test_real_mnist_loads_and_matches_the_published_checksums():
+    sums = {}
+    sums_file = os.path.join(REAL_MNIST, "SHA256SUMS")
+    if os.path.exists(sums_file):
+        with open(sums_file) as f:
+            sums = dict(reversed(line.split()) for line in f if line.strip())
+        assert sums == data.SHA256
+    for name in data.FILES:
+        with gzip.open(os.path.join(REAL_MNIST, name + ".gz")) as f:
+            assert hashlib.sha256(f.read()).hexdigest() == data.SHA256[name]
+    train_x, train_y, test_x, test_y = data.load_mnist(REAL_MNIST)
+    assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
+    assert np.bincount(train_y).min() > 5000 and set(np.unique(test_y)) == set(range(10))

@@ -1,0 +1,287 @@
+"""Train an MLP on MNIST by driving MXNet's executor by hand: bind, initialise, forward, backward, update."""
+import argparse
+import dataclasses
+import inspect
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import tokenize
+
+import mxnet as mx
+import numpy as np
+
+import data
+import metrics
+import network
+from optimizer import SGD
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Edit the defaults here; every field is also a flag, e.g. batch_size is --batch-size."""
+    gpus: str = ""                 # GPU id to train on, e.g. 0; empty trains on the CPU
+    batch_size: int = 100          # samples per SGD step
+    num_epochs: int = 15           # passes over the training set
+    lr: float = 0.1                # learning rate
+    mom: float = 0.0               # momentum
+    wd: float = 0.0                # L2 weight decay, applied to every parameter
+    seed: int = 42                 # seeds the weight init and the per-epoch shuffle
+    num_hidden: tuple = (128, 64)  # widths of the hidden layers, comma-separated on the command line
+    data_dir: str = ""             # folder holding the four MNIST files; empty: $MNIST_DIR, else the download cache
+    metrics_file: str = ""         # append one JSON object per epoch to this file
+
+    def __post_init__(self):
+        problems = [message for failed, message in (
+            (not re.fullmatch(r"(\d+(,\d+)*)?", self.gpus), f"--gpus must be a GPU id such as 0, got {self.gpus!r}"),
+            (self.batch_size < 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.num_epochs < 1, f"--num-epochs must be >= 1, got {self.num_epochs}"),
+            (not self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (not 0 <= self.mom < 1, f"--mom must be in [0, 1), got {self.mom}"),
+            (not self.wd >= 0, f"--wd must be >= 0, got {self.wd}"),
+            (not self.num_hidden or min(self.num_hidden) < 1,
+             f"--num-hidden must be positive widths such as 128,64, got {self.num_hidden}"),
+        ) if failed]
+        if problems:
+            raise UsageError(problems[0])
+
+
+NUM_CLASSES = 10
+# Large enough that the test set is scored in one pass; larger sets are scored in chunks of this size.
+EVAL_CHUNK = 10_000
+
+
+class UsageError(Exception):
+    """A bad flag, data set or device; main() prints its one-line message and exits 2."""
+
+
+def train(config, log=None):
+    """Train as config says, log(line) once per epoch, and return the per-epoch metric records."""
+    log = log or (lambda *args, **kwargs: None)
+    ctx = _context(config.gpus)
+    _check_writable(config.metrics_file)
+    train_x, train_y, test_x, test_y = data.load_mnist(config.data_dir or None, progress=_download_logger(log))
+    if config.batch_size > len(train_x):
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {len(train_x)} training samples")
+    rng = np.random.RandomState(config.seed)
+    symbol = _training_graph(network.get_symbol(NUM_CLASSES, config.num_hidden))
+    exe, flat_params, flat_grads = _bind(symbol, ctx, config.batch_size, train_x.shape[1])
+    params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
+    _init_params(params, rng)
+    # The whole data set lives on the device, so each batch is a device-side gather, not a host copy.
+    train_x, train_y = mx.nd.array(train_x, ctx), mx.nd.array(train_y, ctx)
+    test_exes = _bind_eval(symbol, ctx, params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
+    executors = {config.batch_size: exe}
+    if len(train_x) % config.batch_size:
+        tail = len(train_x) % config.batch_size
+        executors[tail] = exe.reshape(data=(tail, train_x.shape[1]), softmax_label=(tail,))
+    sgd = SGD(config.lr, config.mom, config.wd)
+    flat = ({"all": flat_params}, {"all": flat_grads})
+    history = []
+    for epoch in range(1, config.num_epochs + 1):
+        tic = time.perf_counter()
+        totals = mx.nd.zeros(2, ctx)
+        for idx in data.epoch_batches(len(train_x), config.batch_size, ctx, rng):
+            exe = executors[len(idx)]
+            mx.nd.take(train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
+            mx.nd.take(train_y, idx, out=exe.arg_dict["softmax_label"])
+            exe.forward(is_train=True)                            # forward
+            exe.backward()                                        # backward: gradients summed over the batch
+            sgd.update(*flat, rescale_grad=1.0 / len(idx))        # update every parameter at once
+            totals += exe.outputs[1]                              # measure on the device: no per-batch sync
+        correct, loss_sum = totals.asnumpy()                      # the epoch's one host sync
+        seconds = time.perf_counter() - tic
+        test = evaluate(test_exes, len(test_x))
+        history.append({"epoch": epoch, "train_loss": float(loss_sum / len(train_x)),
+                        "train_acc": float(correct / len(train_x)), "test_loss": test["loss"],
+                        "test_acc": test["acc"], "epoch_seconds": seconds,
+                        "samples_per_second": len(train_x) / seconds})
+        if config.metrics_file:
+            _append_json_line(config.metrics_file, history[-1])
+        log(_format_epoch(history[-1]))
+    return history
+
+
+def evaluate(executors, num_samples):
+    """Score every sample once through the scoring executors; return {'loss', 'acc'}."""
+    totals = executors[0].forward(is_train=False)[1].copy()
+    for exe in executors[1:]:
+        totals += exe.forward(is_train=False)[1]
+    correct, loss_sum = totals.asnumpy()
+    return {"loss": float(loss_sum / num_samples), "acc": float(correct / num_samples)}
+
+
+def _training_graph(net):
+    # The metric is a BlockGrad'ed second output, so it runs inside the bound graph at no extra dispatch.
+    label = net.get_internals()["softmax_label"]
+    return mx.sym.Group([net, mx.sym.BlockGrad(metrics.batch_metrics(mx.sym, net, label))])
+
+
+def _param_names(symbol):
+    return [name for name in symbol.list_arguments() if name not in ("data", "softmax_label")]
+
+
+def _bind(symbol, ctx, batch_size, num_features):
+    """simple_bind the training executor; return it with the flat buffers its parameters and gradients view."""
+    shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(data=(batch_size, num_features))[0]))
+    names = _param_names(symbol)
+    sizes = [int(np.prod(shapes[name])) for name in names]
+    flat_params, flat_grads = mx.nd.zeros(sum(sizes), ctx), mx.nd.zeros(sum(sizes), ctx)
+    # One contiguous buffer each for all weights and all gradients: the hand-written update then costs a
+    # couple of element-wise ops per step instead of a couple per parameter array.
+    views, offset = {}, 0
+    for name, size in zip(names, sizes):
+        views[name] = flat_params[offset:offset + size].reshape(shapes[name])
+        views["grad of " + name] = flat_grads[offset:offset + size].reshape(shapes[name])  # simple_bind's key
+        offset += size
+    grad_req = {name: "write" if name in names else "null" for name in shapes}  # no input gradient
+    exe = symbol.simple_bind(ctx, grad_req=grad_req, shared_buffer=views,
+                             data=(batch_size, num_features), softmax_label=(batch_size,))
+    return exe, flat_params, flat_grads
+
+
+def _bind_eval(symbol, ctx, params, images, labels):
+    """Bind one scoring executor per chunk, reading the shared weights and the device-resident data in place."""
+    grad_req = {name: "write" if name in params else "null" for name in symbol.list_arguments()}
+    executors = []
+    for start in range(0, len(images), EVAL_CHUNK):
+        x, y = images[start:start + EVAL_CHUNK], labels[start:start + EVAL_CHUNK]
+        # Parameter gradients stay requested although never computed: a gradient-free graph is rewritten by
+        # mxnet 1.9.1's MKLDNN subgraph pass into fused FC ops that keep scoring their first weights.
+        executors.append(symbol.simple_bind(ctx, grad_req=grad_req, shared_buffer=dict(params, data=x, softmax_label=y),
+                                            data=x.shape, softmax_label=y.shape))
+    return executors
+
+
+def _init_params(params, rng):
+    """Glorot-uniform weights, bound sqrt(6 / (fan_in + fan_out)), and zero biases, drawn from rng."""
+    for name, array in params.items():
+        if name.endswith("_weight"):
+            fan_out, fan_in = array.shape[0], int(np.prod(array.shape[1:]))
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            array[:] = rng.uniform(-bound, bound, size=array.shape).astype(np.float32)
+        elif name.endswith("_bias"):
+            array[:] = 0
+        else:
+            raise ValueError(f"no initialiser for parameter {name}")
+
+
+def _context(gpus):
+    if not gpus:
+        return mx.cpu()
+    ids = [int(i) for i in gpus.split(",")]
+    if len(ids) > 1:
+        raise UsageError(f"--gpus {gpus}: training on several GPUs is not supported yet; give one id")
+    if not mx.runtime.Features().is_enabled("CUDA"):
+        raise UsageError("--gpus needs a CUDA build of MXNet, and this one is CPU-only: "
+                         "pip uninstall -y mxnet && pip install mxnet-cu112 (or the mxnet-cu11x matching your CUDA)")
+    if ids[0] >= mx.context.num_gpus():
+        raise UsageError(f"--gpus {ids[0]}: MXNet sees {mx.context.num_gpus()} GPU(s)")
+    ctx = mx.gpu(ids[0])
+    try:
+        (mx.nd.ones((1,), ctx=ctx) * 2).asnumpy()  # one real kernel launch, so a wheel/GPU mismatch fails here
+    except mx.base.MXNetError as err:
+        if "no kernel image is available" in str(err):
+            raise UsageError(f"GPU {ids[0]} is newer than the installed MXNet wheel supports: the mxnet-cu11x "
+                             "wheels carry kernels for compute capability 5.0 to 8.6 only") from None
+        raise
+    return ctx
+
+
+def _check_writable(path):
+    folder = os.path.dirname(os.path.abspath(path)) if path else None
+    if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise UsageError(f"cannot write --metrics-file {path}: {folder} is not a writable folder")
+
+
+def _append_json_line(path, record):
+    # Rewrite under a temporary name, then rename: a crash leaves the old file or the new one, never half a line.
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(old + json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _format_epoch(r):
+    return (f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}  "
+            f"test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f}  "
+            f"{r['epoch_seconds']:6.2f} s  {r['samples_per_second']:8.0f} samples/s")
+
+
+def _download_logger(log):
+    shown = {}
+
+    def progress(name, done, total):
+        # A line per tenth of a file: readable on a terminal and in a log file alike.
+        tenth = done * 10 // total if total else 0
+        if shown.get(name) != tenth:
+            shown[name] = tenth
+            log(f"downloading {name}.gz: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
+    return progress
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, not argparse's usage block: the usage is one --help away.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _field_help():
+    """Map each Config field to the comment on its line, so the comment is the flag's --help text."""
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(Config)).readline)
+    return {tok.line.split(":", 1)[0].strip(): tok.string.lstrip("# ")
+            for tok in tokens if tok.type == tokenize.COMMENT}
+
+
+def _int_tuple(text):
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 128,64, got {text!r}") from None
+
+
+def parse_config(argv=None):
+    """Build a Config from the command line; exit 2 with one line on an unknown flag or a bad value."""
+    parser = _Parser(prog="train_mnist.py", description=__doc__, allow_abbrev=False,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps = _field_help()
+    for field in dataclasses.fields(Config):
+        kind = type(field.default)
+        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default, help=helps[field.name],
+                            type=_int_tuple if kind is tuple else kind, metavar=kind.__name__.upper())
+    args = parser.parse_args(argv)
+    try:
+        return Config(**vars(args))
+    except UsageError as err:
+        parser.error(str(err))
+
+
+def main(argv=None):
+    config = parse_config(argv)
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read at bind time; silences a banner per executor
+    print("config:", json.dumps(dataclasses.asdict(config)), flush=True)
+    try:
+        history = train(config, log=lambda line: print(line, flush=True))
+    except (UsageError, data.DataError) as err:
+        print(f"train_mnist.py: error: {err}", file=sys.stderr)
+        return 2
+    print(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
