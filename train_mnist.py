@@ -79,7 +79,7 @@ def train(config, log=None):
         tail = len(train_x) % config.batch_size
         executors[tail] = exe.reshape(data=(tail, train_x.shape[1]), softmax_label=(tail,))
     sgd = SGD(config.lr, config.mom, config.wd)
-    flat = ({"all": flat_params}, {"all": flat_grads})
+    all_params, all_grads = {"all": flat_params}, {"all": flat_grads}
     history = []
     for epoch in range(1, config.num_epochs + 1):
         tic = time.perf_counter()
@@ -90,7 +90,7 @@ def train(config, log=None):
             mx.nd.take(train_y, idx, out=exe.arg_dict["softmax_label"])
             exe.forward(is_train=True)                            # forward
             exe.backward()                                        # backward: gradients summed over the batch
-            sgd.update(*flat, rescale_grad=1.0 / len(idx))        # update every parameter at once
+            sgd.update(all_params, all_grads, 1.0 / len(idx))     # update: one pass over every parameter
             totals += exe.outputs[1]                              # measure on the device: no per-batch sync
         correct, loss_sum = totals.asnumpy()                      # the epoch's one host sync
         seconds = time.perf_counter() - tic

@@ -23,7 +23,7 @@ def test_matches_mx_optimizer_sgd_step_for_step(momentum, wd):
     states = {name: reference.create_state(i, w) for i, (name, w) in enumerate(theirs.items())}
     for _ in range(6):
         grads = _arrays(rng)
-        sgd.update(ours, grads, rescale_grad=1 / 32)
+        sgd.update(ours, {name: g.copy() for name, g in grads.items()}, rescale_grad=1 / 32)
         for i, name in enumerate(theirs):
             reference.update(i, theirs[name], grads[name], states[name])
         for name in ours:
@@ -40,8 +40,8 @@ def test_one_flat_buffer_updates_like_separate_arrays(momentum, wd):
     sgd_separate, sgd_flat = SGD(0.05, momentum, wd), SGD(0.05, momentum, wd)
     for _ in range(4):
         grads = _arrays(rng)
-        sgd_separate.update(separate, grads, rescale_grad=0.5)
         flat_grad = mx.nd.concat(*[g.reshape((-1,)) for g in grads.values()], dim=0)
+        sgd_separate.update(separate, grads, rescale_grad=0.5)
         sgd_flat.update({"all": flat}, {"all": flat_grad}, rescale_grad=0.5)
     expected = np.concatenate([a.asnumpy().ravel() for a in separate.values()])
     np.testing.assert_allclose(flat.asnumpy(), expected, rtol=1e-6, atol=1e-7)
