@@ -6,6 +6,7 @@ import os
 import struct
 import tempfile
 import urllib.request
+import zlib
 
 import mxnet as mx
 import numpy as np
@@ -121,7 +122,7 @@ def _read_bytes(path):
                 return f.read()
         with open(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} cannot be read as {'gzip' if path.endswith('.gz') else 'an IDX file'}: "
                         f"{getattr(err, 'strerror', None) or err}") from None
 
@@ -165,7 +166,7 @@ def _download(name, folder, mirrors, progress):
         try:
             _fetch_verified(url, name, folder, progress)
             return
-        except (OSError, ValueError, EOFError, http.client.HTTPException) as err:
+        except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException) as err:
             errors.append(f"{url}: {err}")
     raise DataError(f"could not download {name}.gz from any mirror ({len(errors)} tried; last: "
                     f"{errors[-1] if errors else 'none configured'}). "

@@ -11,7 +11,7 @@ class SGD:
         self.learning_rate = learning_rate
         self.momentum = momentum
         self.wd = wd
-        self.velocity = {}
+        self.state = {}  # name -> momentum buffer; what a checkpoint saves and restores
 
     def update(self, params, grads, rescale_grad=1.0):
         """Step every array in params (name -> NDArray) in place; consumes grads, which it scales in place."""
@@ -24,9 +24,9 @@ class SGD:
             if self.wd:
                 step += weight * (lr * self.wd)
             if self.momentum:
-                velocity = self.velocity.get(name)
+                velocity = self.state.get(name)
                 if velocity is None:
-                    velocity = self.velocity[name] = mx.nd.zeros_like(weight)
+                    velocity = self.state[name] = mx.nd.zeros_like(weight)
                 velocity *= self.momentum
                 velocity -= step
                 weight += velocity

@@ -14,6 +14,7 @@ import tokenize
 import mxnet as mx
 import numpy as np
 
+import checkpoint
 import data
 import metrics
 import network
@@ -33,6 +34,10 @@ class Config:
     num_hidden: tuple = (128, 64)  # widths of the hidden layers, comma-separated on the command line
     data_dir: str = ""             # folder holding the four MNIST files; empty: $MNIST_DIR, else the download cache
     metrics_file: str = ""         # append one JSON object per epoch to this file
+    model_prefix: str = ""         # save PREFIX-symbol.json and PREFIX-%04d.params (+ .state.json) as training goes
+    save_period: int = 1           # save a checkpoint every this many epochs, and after the last
+    load_epoch: int = 0            # resume from the checkpoint PREFIX-%04d saved after this epoch; 0 starts afresh
+    evaluate: bool = False         # with --load-epoch: only score that checkpoint on the test set
 
     def __post_init__(self):
         problems = [message for failed, message in (
@@ -44,6 +49,12 @@ class Config:
             (not self.wd >= 0, f"--wd must be >= 0, got {self.wd}"),
             (not self.num_hidden or min(self.num_hidden) < 1,
              f"--num-hidden must be positive widths such as 128,64, got {self.num_hidden}"),
+            (self.save_period < 1, f"--save-period must be >= 1, got {self.save_period}"),
+            (self.load_epoch < 0, f"--load-epoch must be >= 0, got {self.load_epoch}"),
+            (self.load_epoch > 0 and not self.model_prefix, "--load-epoch needs --model-prefix"),
+            (self.evaluate and not self.load_epoch, "--evaluate needs --load-epoch (and --model-prefix)"),
+            (self.load_epoch >= self.num_epochs and not self.evaluate,
+             f"--load-epoch {self.load_epoch} leaves nothing to train with --num-epochs {self.num_epochs}"),
         ) if failed]
         if problems:
             raise UsageError(problems[0])
@@ -58,51 +69,51 @@ class UsageError(Exception):
     """A bad flag, data set or device; main() prints its one-line message and exits 2."""
 
 
+class Diverged(Exception):
+    """Training produced a non-finite loss or parameter; main() prints its one-line message and exits 3."""
+
+
 def train(config, log=None):
     """Train as config says, log(line) once per epoch, and return the per-epoch metric records."""
-    log = log or (lambda *args, **kwargs: None)
-    ctx = _context(config.gpus)
-    _check_writable(config.metrics_file)
-    train_x, train_y, test_x, test_y = data.load_mnist(config.data_dir or None, progress=_download_logger(log))
-    if config.batch_size > len(train_x):
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the {len(train_x)} training samples")
-    rng = np.random.RandomState(config.seed)
-    symbol = _training_graph(network.get_symbol(NUM_CLASSES, config.num_hidden))
-    exe, flat_params, flat_grads = _bind(symbol, ctx, config.batch_size, train_x.shape[1])
-    params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
-    _init_params(params, rng)
-    # The whole data set lives on the device, so each batch is a device-side gather, not a host copy.
-    train_x, train_y = mx.nd.array(train_x, ctx), mx.nd.array(train_y, ctx)
-    test_exes = _bind_eval(symbol, ctx, params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
-    executors = {config.batch_size: exe}
-    if len(train_x) % config.batch_size:
-        tail = len(train_x) % config.batch_size
-        executors[tail] = exe.reshape(data=(tail, train_x.shape[1]), softmax_label=(tail,))
+    log = log or (lambda line: None)
+    run = _setup(config, log)
     sgd = SGD(config.lr, config.mom, config.wd)
-    all_params, all_grads = {"all": flat_params}, {"all": flat_grads}
-    history = []
-    for epoch in range(1, config.num_epochs + 1):
+    history = _resume(config, run, sgd) if config.load_epoch else []
+    all_params, all_grads = {"all": run.flat_params}, {"all": run.flat_grads}
+    num_train, num_batches = len(run.train_x), -(-len(run.train_x) // config.batch_size)
+    stats = mx.nd.zeros((num_batches, 2), run.ctx)  # per batch: number correct, summed loss
+    for epoch in range(len(history) + 1, config.num_epochs + 1):
         tic = time.perf_counter()
-        totals = mx.nd.zeros(2, ctx)
-        for idx in data.epoch_batches(len(train_x), config.batch_size, ctx, rng):
-            exe = executors[len(idx)]
-            mx.nd.take(train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
-            mx.nd.take(train_y, idx, out=exe.arg_dict["softmax_label"])
-            exe.forward(is_train=True)                            # forward
-            exe.backward()                                        # backward: gradients summed over the batch
-            sgd.update(all_params, all_grads, 1.0 / len(idx))     # update: one pass over every parameter
-            totals += exe.outputs[1]                              # measure on the device: no per-batch sync
-        correct, loss_sum = totals.asnumpy()                      # the epoch's one host sync
+        for i, idx in enumerate(data.epoch_batches(num_train, config.batch_size, run.ctx, run.rng)):
+            exe = run.executors[len(idx)]
+            mx.nd.take(run.train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
+            mx.nd.take(run.train_y, idx, out=exe.arg_dict["softmax_label"])
+            exe.forward(is_train=True)                                # forward
+            exe.backward()                                            # backward: gradients summed over the batch
+            sgd.update(all_params, all_grads, 1.0 / len(idx))         # update: one pass over every parameter
+            exe.outputs[1].copyto(stats[i])                           # measure on the device: no per-batch sync
+        per_batch = stats.asnumpy()                                   # the epoch's one host sync
         seconds = time.perf_counter() - tic
-        test = evaluate(test_exes, len(test_x))
-        history.append({"epoch": epoch, "train_loss": float(loss_sum / len(train_x)),
-                        "train_acc": float(correct / len(train_x)), "test_loss": test["loss"],
+        _check_finite(per_batch, run.flat_params, epoch)
+        test = evaluate(run.test_exes, run.num_test)
+        correct, loss_sum = per_batch.sum(axis=0)
+        history.append({"epoch": epoch, "train_loss": float(loss_sum / num_train),
+                        "train_acc": float(correct / num_train), "test_loss": test["loss"],
                         "test_acc": test["acc"], "epoch_seconds": seconds,
-                        "samples_per_second": len(train_x) / seconds})
+                        "samples_per_second": num_train / seconds})
         if config.metrics_file:
             _append_json_line(config.metrics_file, history[-1])
+        if config.model_prefix and (epoch % config.save_period == 0 or epoch == config.num_epochs):
+            _save(config, run, sgd, history)
         log(_format_epoch(history[-1]))
     return history
+
+
+def score(config):
+    """Score the checkpoint that config names (--model-prefix, --load-epoch) on the test set; return {'loss', 'acc'}."""
+    run = _setup(config, lambda line: None)
+    checkpoint.load(config.model_prefix, config.load_epoch, run.params)
+    return evaluate(run.test_exes, run.num_test)
 
 
 def evaluate(executors, num_samples):
@@ -112,6 +123,80 @@ def evaluate(executors, num_samples):
         totals += exe.forward(is_train=False)[1]
     correct, loss_sum = totals.asnumpy()
     return {"loss": float(loss_sum / num_samples), "acc": float(correct / num_samples)}
+
+
+@dataclasses.dataclass
+class _Run:
+    """What training binds once: context, graph, executors, parameters, device data and the RNG."""
+    ctx: mx.Context
+    net: mx.sym.Symbol
+    executors: dict            # batch size -> training executor (the full batch, and the tail if any)
+    params: dict               # name -> the executor's parameter array (a view into flat_params)
+    flat_params: mx.nd.NDArray
+    flat_grads: mx.nd.NDArray
+    train_x: mx.nd.NDArray
+    train_y: mx.nd.NDArray
+    test_exes: list
+    num_test: int
+    rng: np.random.RandomState
+
+
+def _setup(config, log):
+    """Check every input, load the data, bind and initialise: everything before the first batch."""
+    ctx = _context(config.gpus)
+    _check_writable(config.metrics_file, "--metrics-file")
+    _check_writable(config.model_prefix, "--model-prefix")
+    train_x, train_y, test_x, test_y = data.load_mnist(config.data_dir or None, progress=_download_logger(log))
+    if config.batch_size > len(train_x):
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {len(train_x)} training samples")
+    rng = np.random.RandomState(config.seed)
+    net = network.get_symbol(NUM_CLASSES, config.num_hidden)
+    symbol = _training_graph(net)
+    exe, flat_params, flat_grads = _bind(symbol, ctx, config.batch_size, train_x.shape[1])
+    params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
+    _init_params(params, rng)
+    executors = {config.batch_size: exe}
+    tail = len(train_x) % config.batch_size
+    if tail:
+        executors[tail] = exe.reshape(data=(tail, train_x.shape[1]), softmax_label=(tail,))
+    # The whole data set lives on the device, so each batch is a device-side gather, not a host copy.
+    test_exes = _bind_eval(symbol, ctx, params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
+    return _Run(ctx, net, executors, params, flat_params, flat_grads, mx.nd.array(train_x, ctx),
+                mx.nd.array(train_y, ctx), test_exes, len(test_x), rng)
+
+
+def _save(config, run, sgd, history):
+    state = {"epoch": history[-1]["epoch"], "config": dataclasses.asdict(config), "history": history,
+             "rng": _encode_rng(run.rng),
+             "optimizer": {name: checkpoint.encode_array(value) for name, value in sgd.state.items()}}
+    checkpoint.save(config.model_prefix, history[-1]["epoch"], run.net, run.params, state)
+
+
+def _resume(config, run, sgd):
+    """Load weights, optimizer state and RNG from --load-epoch's checkpoint; return its metric history."""
+    state = checkpoint.load(config.model_prefix, config.load_epoch, run.params)
+    sgd.state = {name: checkpoint.decode_array(value, run.ctx) for name, value in state["optimizer"].items()}
+    run.rng.set_state(_decode_rng(state["rng"]))
+    return state["history"]
+
+
+def _encode_rng(rng):
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    return [name, keys.tolist(), pos, has_gauss, cached]
+
+
+def _decode_rng(encoded):
+    name, keys, pos, has_gauss, cached = encoded
+    return name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _check_finite(per_batch, flat_params, epoch):
+    """Raise Diverged naming the first batch whose loss is not finite, or if any parameter is not."""
+    bad = np.flatnonzero(~np.isfinite(per_batch[:, 1]))
+    if len(bad) or not np.isfinite(mx.nd.sum(flat_params).asscalar()):
+        where = f"batch {bad[0] + 1}" if len(bad) else "its last batch"
+        raise Diverged(f"training diverged: non-finite {'loss' if len(bad) else 'parameters'} in epoch {epoch}, "
+                       f"{where}; try a smaller --lr. Checkpoints already saved are untouched")
 
 
 def _training_graph(net):
@@ -191,29 +276,23 @@ def _context(gpus):
     return ctx
 
 
-def _check_writable(path):
+def _check_writable(path, flag):
     folder = os.path.dirname(os.path.abspath(path)) if path else None
     if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-        raise UsageError(f"cannot write --metrics-file {path}: {folder} is not a writable folder")
+        raise UsageError(f"cannot write {flag} {path}: {folder} is not a writable folder")
 
 
 def _append_json_line(path, record):
-    # Rewrite under a temporary name, then rename: a crash leaves the old file or the new one, never half a line.
     old = ""
     if os.path.exists(path):
         with open(path) as f:
             old = f.read()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             f.write(old + json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    # Rewritten whole and renamed into place: a crash leaves the old file or the new one, never half a line.
+    checkpoint.write_atomic(path, write)
 
 
 def _format_epoch(r):
@@ -243,7 +322,8 @@ class _Parser(argparse.ArgumentParser):
 def _field_help():
     """Map each Config field to the comment on its line, so the comment is the flag's --help text."""
     tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(Config)).readline)
-    return {tok.line.split(":", 1)[0].strip(): tok.string.lstrip("# ")
+    # argparse %-formats help strings, so a literal % is doubled.
+    return {tok.line.split(":", 1)[0].strip(): tok.string.lstrip("# ").replace("%", "%%")
             for tok in tokens if tok.type == tokenize.COMMENT}
 
 
@@ -260,9 +340,14 @@ def parse_config(argv=None):
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps = _field_help()
     for field in dataclasses.fields(Config):
-        kind = type(field.default)
-        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default, help=helps[field.name],
-                            type=_int_tuple if kind is tuple else kind, metavar=kind.__name__.upper())
+        flag, kind = "--" + field.name.replace("_", "-"), type(field.default)
+        if kind is bool:
+            parser.add_argument(flag, default=field.default, help=helps[field.name], action=argparse.BooleanOptionalAction)
+        elif kind in (int, float, str, tuple):
+            parser.add_argument(flag, default=field.default, help=helps[field.name], metavar=kind.__name__.upper(),
+                                type=_int_tuple if kind is tuple else kind)
+        else:
+            raise TypeError(f"Config.{field.name}: no command-line form for {kind.__name__}")
     args = parser.parse_args(argv)
     try:
         return Config(**vars(args))
@@ -275,10 +360,18 @@ def main(argv=None):
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read at bind time; silences a banner per executor
     print("config:", json.dumps(dataclasses.asdict(config)), flush=True)
     try:
+        if config.evaluate:
+            result = score(config)
+            print(f"checkpoint {config.model_prefix}-{config.load_epoch:04d}: test loss {result['loss']:.4f} "
+                  f"acc {result['acc']:.4f}")
+            return 0
         history = train(config, log=lambda line: print(line, flush=True))
-    except (UsageError, data.DataError) as err:
+    except (UsageError, data.DataError, checkpoint.CheckpointError) as err:
         print(f"train_mnist.py: error: {err}", file=sys.stderr)
         return 2
+    except Diverged as err:
+        print(f"train_mnist.py: error: {err}", file=sys.stderr)
+        return 3
     print(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
     return 0
 
