@@ -12,9 +12,13 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or does not fit the configured network; one line."""
 
 
+INTERRUPTED = "interrupted"  # the epoch tag of the checkpoint saved mid-epoch on a signal
+
+
 def paths(prefix, epoch):
-    """Return the symbol, params and sidecar paths of PREFIX at epoch, named as mx.model.save_checkpoint does."""
-    return f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params", f"{prefix}-{epoch:04d}.state.json"
+    """Return the symbol, params and sidecar paths, named as mx.model.save_checkpoint does; epoch may be INTERRUPTED."""
+    stem = f"{prefix}-{epoch}" if epoch == INTERRUPTED else f"{prefix}-{epoch:04d}"
+    return f"{prefix}-symbol.json", f"{stem}.params", f"{stem}.state.json"
 
 
 def save(prefix, epoch, symbol, params, trainer_state):

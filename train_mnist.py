@@ -3,11 +3,14 @@ import argparse
 import dataclasses
 import inspect
 import io
+import itertools
 import json
 import os
 import re
+import shlex
+import signal
 import sys
-import tempfile
+import threading
 import time
 import tokenize
 
@@ -37,6 +40,7 @@ class Config:
     model_prefix: str = ""         # save PREFIX-symbol.json and PREFIX-%04d.params (+ .state.json) as training goes
     save_period: int = 1           # save a checkpoint every this many epochs, and after the last
     load_epoch: int = 0            # resume from the checkpoint PREFIX-%04d saved after this epoch; 0 starts afresh
+    resume: bool = False           # resume from PREFIX-interrupted, saved mid-epoch on Ctrl-C or SIGTERM
     evaluate: bool = False         # with --load-epoch: only score that checkpoint on the test set
 
     def __post_init__(self):
@@ -52,6 +56,8 @@ class Config:
             (self.save_period < 1, f"--save-period must be >= 1, got {self.save_period}"),
             (self.load_epoch < 0, f"--load-epoch must be >= 0, got {self.load_epoch}"),
             (self.load_epoch > 0 and not self.model_prefix, "--load-epoch needs --model-prefix"),
+            (self.resume and not self.model_prefix, "--resume needs --model-prefix"),
+            (self.resume and (self.load_epoch or self.evaluate), "--resume goes with neither --load-epoch nor --evaluate"),
             (self.evaluate and not self.load_epoch, "--evaluate needs --load-epoch (and --model-prefix)"),
             (self.load_epoch >= self.num_epochs and not self.evaluate,
              f"--load-epoch {self.load_epoch} leaves nothing to train with --num-epochs {self.num_epochs}"),
@@ -69,6 +75,10 @@ class UsageError(Exception):
     """A bad flag, data set or device; main() prints its one-line message and exits 2."""
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training after saving; main() prints the message and exits 130."""
+
+
 class Diverged(Exception):
     """Training produced a non-finite loss or parameter; main() prints its one-line message and exits 3."""
 
@@ -78,34 +88,30 @@ def train(config, log=None):
     log = log or (lambda line: None)
     run = _setup(config, log)
     sgd = SGD(config.lr, config.mom, config.wd)
-    history = _resume(config, run, sgd) if config.load_epoch else []
+    history, skip = _resume(config, run, sgd) if config.load_epoch or config.resume else ([], 0)
     all_params, all_grads = {"all": run.flat_params}, {"all": run.flat_grads}
-    num_train, num_batches = len(run.train_x), -(-len(run.train_x) // config.batch_size)
-    stats = mx.nd.zeros((num_batches, 2), run.ctx)  # per batch: number correct, summed loss
-    for epoch in range(len(history) + 1, config.num_epochs + 1):
-        tic = time.perf_counter()
-        for i, idx in enumerate(data.epoch_batches(num_train, config.batch_size, run.ctx, run.rng)):
-            exe = run.executors[len(idx)]
-            mx.nd.take(run.train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
-            mx.nd.take(run.train_y, idx, out=exe.arg_dict["softmax_label"])
-            exe.forward(is_train=True)                                # forward
-            exe.backward()                                            # backward: gradients summed over the batch
-            sgd.update(all_params, all_grads, 1.0 / len(idx))         # update: one pass over every parameter
-            exe.outputs[1].copyto(stats[i])                           # measure on the device: no per-batch sync
-        per_batch = stats.asnumpy()                                   # the epoch's one host sync
-        seconds = time.perf_counter() - tic
-        _check_finite(per_batch, run.flat_params, epoch)
-        test = evaluate(run.test_exes, run.num_test)
-        correct, loss_sum = per_batch.sum(axis=0)
-        history.append({"epoch": epoch, "train_loss": float(loss_sum / num_train),
-                        "train_acc": float(correct / num_train), "test_loss": test["loss"],
-                        "test_acc": test["acc"], "epoch_seconds": seconds,
-                        "samples_per_second": num_train / seconds})
-        if config.metrics_file:
-            _append_json_line(config.metrics_file, history[-1])
-        if config.model_prefix and (epoch % config.save_period == 0 or epoch == config.num_epochs):
-            _save(config, run, sgd, history)
-        log(_format_epoch(history[-1]))
+    with _StopOnSignal() as stop:
+        for epoch in range(len(history) + 1, config.num_epochs + 1):
+            epoch_rng, tic = _encode_rng(run.rng), time.perf_counter()
+            batches = enumerate(data.epoch_batches(len(run.train_x), config.batch_size, run.ctx, run.rng))
+            for i, idx in itertools.islice(batches, skip, None):
+                exe = run.executors[len(idx)]
+                mx.nd.take(run.train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
+                mx.nd.take(run.train_y, idx, out=exe.arg_dict["softmax_label"])
+                exe.forward(is_train=True)                                # forward
+                exe.backward()                                            # backward: gradients summed over the batch
+                sgd.update(all_params, all_grads, 1.0 / len(idx))         # update: one pass over every parameter
+                exe.outputs[1].copyto(run.stats[i])                       # measure on the device: no per-batch sync
+                if stop.signum:                                           # Ctrl-C or SIGTERM: keep this step, exit
+                    raise _interrupt(config, run, sgd, history, (epoch, i + 1, epoch_rng), stop.signum)
+            per_batch = run.stats.asnumpy()                               # the epoch's one host sync
+            seconds = time.perf_counter() - tic
+            _check_finite(per_batch, run.flat_params, epoch)
+            num_train, test = len(run.train_x), evaluate(run.test_exes, run.num_test)
+            history.append(_record(epoch, per_batch, num_train, test, seconds, num_train - skip * config.batch_size))
+            _after_epoch(config, run, sgd, history)
+            log(_format_epoch(history[-1]))
+            skip = 0
     return history
 
 
@@ -139,6 +145,7 @@ class _Run:
     test_exes: list
     num_test: int
     rng: np.random.RandomState
+    stats: mx.nd.NDArray       # one row per batch of the epoch: number correct, summed loss
 
 
 def _setup(config, log):
@@ -161,23 +168,101 @@ def _setup(config, log):
         executors[tail] = exe.reshape(data=(tail, train_x.shape[1]), softmax_label=(tail,))
     # The whole data set lives on the device, so each batch is a device-side gather, not a host copy.
     test_exes = _bind_eval(symbol, ctx, params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
+    num_batches = -(-len(train_x) // config.batch_size)
     return _Run(ctx, net, executors, params, flat_params, flat_grads, mx.nd.array(train_x, ctx),
-                mx.nd.array(train_y, ctx), test_exes, len(test_x), rng)
+                mx.nd.array(train_y, ctx), test_exes, len(test_x), rng, mx.nd.zeros((num_batches, 2), ctx))
 
 
-def _save(config, run, sgd, history):
-    state = {"epoch": history[-1]["epoch"], "config": dataclasses.asdict(config), "history": history,
+def _record(epoch, per_batch, num_train, test, seconds, trained):
+    correct, loss_sum = per_batch.sum(axis=0)
+    return {"epoch": epoch, "train_loss": float(loss_sum / num_train), "train_acc": float(correct / num_train),
+            "test_loss": test["loss"], "test_acc": test["acc"], "epoch_seconds": seconds,
+            "samples_per_second": trained / seconds}
+
+
+def _after_epoch(config, run, sgd, history):
+    """Append to the metrics file and save a checkpoint, as config asks."""
+    epoch = history[-1]["epoch"]
+    if config.metrics_file:
+        _append_json_line(config.metrics_file, history[-1])
+    if config.model_prefix and (epoch % config.save_period == 0 or epoch == config.num_epochs):
+        checkpoint.save(config.model_prefix, epoch, run.net, run.params, _trainer_state(config, run, sgd, history))
+
+
+def _trainer_state(config, run, sgd, history, in_epoch=None):
+    state = {"epoch": len(history), "config": dataclasses.asdict(config), "history": history,
              "rng": _encode_rng(run.rng),
              "optimizer": {name: checkpoint.encode_array(value) for name, value in sgd.state.items()}}
-    checkpoint.save(config.model_prefix, history[-1]["epoch"], run.net, run.params, state)
+    if in_epoch:
+        epoch, batches_done, epoch_rng = in_epoch
+        # The RNG as the epoch began, so a resume redraws the same shuffle and skips the batches already done.
+        state.update(rng=epoch_rng, in_epoch={"epoch": epoch, "batches_done": batches_done,
+                                              "stats": checkpoint.encode_array(run.stats[:batches_done])})
+    return state
 
 
 def _resume(config, run, sgd):
-    """Load weights, optimizer state and RNG from --load-epoch's checkpoint; return its metric history."""
-    state = checkpoint.load(config.model_prefix, config.load_epoch, run.params)
+    """Load weights, optimizer state and RNG from the checkpoint config names; return (history, batches to skip)."""
+    tag = checkpoint.INTERRUPTED if config.resume else config.load_epoch
+    state = checkpoint.load(config.model_prefix, tag, run.params)
     sgd.state = {name: checkpoint.decode_array(value, run.ctx) for name, value in state["optimizer"].items()}
     run.rng.set_state(_decode_rng(state["rng"]))
-    return state["history"]
+    in_epoch = state.get("in_epoch")
+    if not in_epoch:
+        return state["history"], 0
+    run.stats[:in_epoch["batches_done"]] = checkpoint.decode_array(in_epoch["stats"], run.ctx)
+    return state["history"], in_epoch["batches_done"]
+
+
+def _interrupt(config, run, sgd, history, in_epoch, signum):
+    """Save the state after the last completed step under its own name; return the Interrupted to raise."""
+    epoch, batches_done, _ = in_epoch
+    where = f"{signal.Signals(signum).name} in epoch {epoch} after batch {batches_done}"
+    if not config.model_prefix:
+        return Interrupted(f"stopped by {where}; nothing saved, since --model-prefix is not set")
+    mx.nd.waitall()
+    checkpoint.save(config.model_prefix, checkpoint.INTERRUPTED, run.net, run.params,
+                    _trainer_state(config, run, sgd, history, in_epoch))
+    params_path = checkpoint.paths(config.model_prefix, checkpoint.INTERRUPTED)[1]
+    return Interrupted(f"stopped by {where}; saved {params_path}. Resume with: "
+                       f"{_command_line(dataclasses.replace(config, resume=True, load_epoch=0))}")
+
+
+def _command_line(config):
+    """The shortest command that recreates config: every field that differs from its default, as a flag."""
+    words = ["python", "train_mnist.py"]
+    for field in dataclasses.fields(Config):
+        value = getattr(config, field.name)
+        if value == field.default:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+class _StopOnSignal:
+    """Inside the block, SIGINT and SIGTERM are only recorded, so the loop stops between two steps."""
+
+    def __enter__(self):
+        self.signum, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.signum = signum
+        self._restore()  # a second signal then acts at once, as usual
+
+    def _restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def __exit__(self, *exc_info):
+        self._restore()
 
 
 def _encode_rng(rng):
@@ -372,6 +457,9 @@ def main(argv=None):
     except Diverged as err:
         print(f"train_mnist.py: error: {err}", file=sys.stderr)
         return 3
+    except Interrupted as err:
+        print(f"train_mnist.py: {err}", file=sys.stderr)
+        return 130
     print(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
     return 0
 

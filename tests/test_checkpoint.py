@@ -1,6 +1,7 @@
 """Checkpoints: MXNet-format files, ecosystem compatibility, exact resume, safe failure."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -186,3 +187,39 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint(synthetic_dir, ck):
         for name in os.listdir(ck):
             os.remove(ck / name)
     assert kills == 8
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(capsys, synthetic_dir, ck, signum):
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--batch-size", "10", "--num-epochs", "30",
+             "--mom", "0.9"]
+    prefix = str(ck / "mlp")
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_mnist.py"), *flags, "--model-prefix", prefix],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not os.path.exists(prefix + "-0002.params") and time.time() < deadline:
+        time.sleep(0.005)
+    finished = {name: data for name, data in _file_bytes(ck).items() if name[4:8].isdigit()}
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert f"stopped by {signal.Signals(signum).name} in epoch " in err and err.count("\n") == 1
+    assert os.path.exists(prefix + "-interrupted.params") and os.path.exists(prefix + "-interrupted.state.json")
+    after = _file_bytes(ck)
+    assert all(after[name] == data for name, data in finished.items())  # no finished epoch overwritten
+    state = json.load(open(prefix + "-interrupted.state.json"))
+    assert state["in_epoch"]["epoch"] == state["epoch"] + 1 and state["in_epoch"]["batches_done"] >= 1
+
+    command = shlex.split(err.split("Resume with: ")[1])
+    assert command[:2] == ["python", "train_mnist.py"] and "--resume" in command
+    code, out, _ = _cli(capsys, *command[2:])
+    assert code == 0 and out.splitlines()[1].startswith(f"epoch {state['in_epoch']['epoch']:3d}")
+
+    straight = str(ck / "straight")
+    code, _, _ = _cli(capsys, *flags, "--model-prefix", straight)
+    assert code == 0
+    assert open(prefix + "-0030.params", "rb").read() == open(straight + "-0030.params", "rb").read()
+    resumed, whole = (json.load(open(p + "-0030.state.json")) for p in (prefix, straight))
+    assert resumed["optimizer"] == whole["optimizer"]
+    figures = ("train_loss", "train_acc", "test_loss", "test_acc")
+    assert [[r[k] for k in figures] for r in resumed["history"]] == [[r[k] for k in figures] for r in whole["history"]]
