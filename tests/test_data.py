@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import data
-from helpers import REAL_MNIST, idx_bytes, synthetic_arrays, write_idx, write_mnist
+from helpers import BAD_DATA, REAL_MNIST, corrupt, synthetic_arrays, write_mnist
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -22,50 +22,9 @@ def test_loads_gzip_and_raw_files_alike(tmp_path, compress):
     assert np.array_equal(test_y, arrays[3])
 
 
-def _corrupt(folder, kind):
-    """Damage a freshly written synthetic set in one way; return the text the error must contain."""
-    train_x, train_y, test_x, test_y = synthetic_arrays()
-    images = os.path.join(folder, data.FILES[0] + ".gz")
-    if kind == "missing":
-        os.remove(os.path.join(folder, data.FILES[3] + ".gz"))
-        return "MNIST files missing"
-    if kind == "truncated":
-        write_idx(folder, data.FILES[0], idx_bytes(train_x)[:-100])
-        return "is truncated"
-    if kind == "empty":
-        write_idx(folder, data.FILES[0], b"")
-        return "is truncated"
-    if kind == "wrong magic":
-        write_idx(folder, data.FILES[0], idx_bytes(train_x, magic=0x0801))
-        return "magic number 0x00000801"
-    if kind == "mismatched counts":
-        write_idx(folder, data.FILES[3], idx_bytes(test_y[:-1]))
-        return "different splits"
-    if kind == "label out of range":
-        bad = train_y.copy()
-        bad[7] = 10
-        write_idx(folder, data.FILES[1], idx_bytes(bad))
-        return "label 10 at index 7 is outside 0..9"
-    if kind == "wrong image size":
-        write_idx(folder, data.FILES[0], idx_bytes(np.zeros((5, 32, 32), np.uint8)))
-        return "expected 28"
-    if kind == "html instead of gzip":
-        with open(images, "wb") as f:
-            f.write(b"<html><body>404 Not Found</body></html>")
-        return "cannot be read as gzip"
-    if kind == "trailing bytes":
-        write_idx(folder, data.FILES[0], idx_bytes(train_x) + b"\0")
-        return "longer than its header says"
-    raise ValueError(kind)
-
-
-BAD_DATA = ["missing", "truncated", "empty", "wrong magic", "mismatched counts", "label out of range",
-            "wrong image size", "html instead of gzip", "trailing bytes"]
-
-
 @pytest.mark.parametrize("kind", BAD_DATA)
 def test_bad_data_is_one_clear_error(synthetic_dir, kind):
-    expected = _corrupt(synthetic_dir, kind)
+    expected = corrupt(synthetic_dir, kind)
     with pytest.raises(data.DataError) as err:
         data.load_mnist(synthetic_dir)
     message = str(err.value)

@@ -11,7 +11,7 @@ import pytest
 import data
 import network
 import train_mnist
-from helpers import REAL_MNIST, ROOT, numpy_probs, synthetic_arrays
+from helpers import BAD_DATA, REAL_MNIST, ROOT, corrupt, numpy_probs, synthetic_arrays
 from optimizer import SGD
 
 
@@ -161,12 +161,27 @@ def test_batch_larger_than_the_training_set_is_refused(capsys, synthetic_dir):
                                  "training samples\n")
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated", "wrong magic", "mismatched counts", "label out of range"])
-def test_bad_data_from_the_command_line_is_one_line_and_exit_2(capsys, synthetic_dir, kind):
-    from test_data import _corrupt
-    expected = _corrupt(synthetic_dir, kind)
-    code, _, err = _cli(capsys, "--data-dir", synthetic_dir)
-    assert code == 2 and err.count("\n") == 1 and expected in err
+@pytest.mark.parametrize("kind", BAD_DATA + ["data dir is a file"])
+def test_bad_data_from_the_command_line_is_one_line_exit_2_and_writes_nothing(capsys, synthetic_dir, tmp_path, kind):
+    if kind == "data dir is a file":
+        folder, expected = os.path.join(synthetic_dir, data.FILES[0] + ".gz"), "is not a folder"
+    else:
+        folder, expected = synthetic_dir, corrupt(synthetic_dir, kind)
+    before = _tree(tmp_path)
+    code, out, err = _cli(capsys, "--data-dir", folder, "--model-prefix", str(tmp_path / "mlp"),
+                          "--metrics-file", str(tmp_path / "m.jsonl"))
+    assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
+    assert "epoch   1" not in out and _tree(tmp_path) == before
+
+
+def _tree(folder):
+    """Every file under folder with its bytes."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.join(root, name)] = f.read()
+    return found
 
 
 def test_unwritable_metrics_folder_is_refused_before_training(capsys, synthetic_dir, tmp_path):
