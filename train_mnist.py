@@ -19,9 +19,11 @@ import numpy as np
 
 import checkpoint
 import data
+import loss
 import metrics
 import network
-from optimizer import SGD
+import plots
+from optimizer import OPTIMIZERS, lr_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +32,14 @@ class Config:
     gpus: str = ""                 # GPU id to train on, e.g. 0; empty trains on the CPU
     batch_size: int = 100          # samples per SGD step
     num_epochs: int = 15           # passes over the training set
+    optimizer: str = "sgd"         # sgd, nag (Nesterov) or adam, all hand-written in optimizer.py
     lr: float = 0.1                # learning rate
-    mom: float = 0.0               # momentum
+    mom: float = 0.0               # momentum, for sgd and nag
     wd: float = 0.0                # L2 weight decay, applied to every parameter
+    lr_scheduler: str = "none"     # none; step: times --lr-factor at each of --lr-step-epochs; cosine: down to 0
+    lr_step_epochs: tuple = ()     # epochs after which the step schedule multiplies the rate, e.g. 10,13
+    lr_factor: float = 0.1         # the step schedule's factor
+    loss: str = "builtin"          # builtin: SoftmaxOutput's gradient; manual: softmax cross-entropy in loss.py
     seed: int = 42                 # seeds the weight init and the per-epoch shuffle
     num_hidden: tuple = (128, 64)  # widths of the hidden layers, comma-separated on the command line
     data_dir: str = ""             # folder holding the four MNIST files; empty: $MNIST_DIR, else the download cache
@@ -42,6 +49,8 @@ class Config:
     load_epoch: int = 0            # resume from the checkpoint PREFIX-%04d saved after this epoch; 0 starts afresh
     resume: bool = False           # resume from PREFIX-interrupted, saved mid-epoch on Ctrl-C or SIGTERM
     evaluate: bool = False         # with --load-epoch: only score that checkpoint on the test set
+    disp_batches: int = 100        # a progress update every this many batches; 0 for none
+    plot_dir: str = ""             # write the three pictures here; empty: PREFIX-plots with --model-prefix, else none
 
     def __post_init__(self):
         problems = [message for failed, message in (
@@ -49,7 +58,16 @@ class Config:
             (self.batch_size < 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.num_epochs < 1, f"--num-epochs must be >= 1, got {self.num_epochs}"),
             (not self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.optimizer not in OPTIMIZERS,
+             f"--optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {self.optimizer!r}"),
             (not 0 <= self.mom < 1, f"--mom must be in [0, 1), got {self.mom}"),
+            (self.optimizer == "adam" and self.mom > 0, "--mom does not apply to adam, which keeps its own moments"),
+            (self.lr_scheduler not in ("none", "step", "cosine"),
+             f"--lr-scheduler must be none, step or cosine, got {self.lr_scheduler!r}"),
+            (self.lr_scheduler == "step" and not self.lr_step_epochs, "--lr-scheduler step needs --lr-step-epochs"),
+            (not 0 < self.lr_factor <= 1, f"--lr-factor must be in (0, 1], got {self.lr_factor}"),
+            (self.loss not in ("builtin", "manual"), f"--loss must be builtin or manual, got {self.loss!r}"),
+            (self.disp_batches < 0, f"--disp-batches must be >= 0, got {self.disp_batches}"),
             (not self.wd >= 0, f"--wd must be >= 0, got {self.wd}"),
             (not self.num_hidden or min(self.num_hidden) < 1,
              f"--num-hidden must be positive widths such as 128,64, got {self.num_hidden}"),
@@ -83,12 +101,14 @@ class Diverged(Exception):
     """Training produced a non-finite loss or parameter; main() prints its one-line message and exits 3."""
 
 
-def train(config, log=None):
-    """Train as config says, log(line) once per epoch, and return the per-epoch metric records."""
+def train(config, log=None, progress=None):
+    """Train as config says; log(line) once per epoch, progress(figures) every --disp-batches; return the history."""
     log = log or (lambda line: None)
+    progress = progress if config.disp_batches else None
     run = _setup(config, log)
-    sgd = SGD(config.lr, config.mom, config.wd)
-    history, skip = _resume(config, run, sgd) if config.load_epoch or config.resume else ([], 0)
+    opt = _optimizer(config, len(run.stats))
+    history, skip = _resume(config, run, opt) if config.load_epoch or config.resume else ([], 0)
+    head_grads = _head_grads(config.loss)
     all_params, all_grads = {"all": run.flat_params}, {"all": run.flat_grads}
     with _StopOnSignal() as stop:
         for epoch in range(len(history) + 1, config.num_epochs + 1):
@@ -99,19 +119,22 @@ def train(config, log=None):
                 mx.nd.take(run.train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
                 mx.nd.take(run.train_y, idx, out=exe.arg_dict["softmax_label"])
                 exe.forward(is_train=True)                                # forward
-                exe.backward()                                            # backward: gradients summed over the batch
-                sgd.update(all_params, all_grads, 1.0 / len(idx))         # update: one pass over every parameter
+                exe.backward(head_grads(exe))                             # backward: gradients summed over the batch
+                opt.update(all_params, all_grads, 1.0 / len(idx))         # update: one pass over every parameter
                 exe.outputs[1].copyto(run.stats[i])                       # measure on the device: no per-batch sync
                 if stop.signum:                                           # Ctrl-C or SIGTERM: keep this step, exit
-                    raise _interrupt(config, run, sgd, history, (epoch, i + 1, epoch_rng), stop.signum)
+                    raise _interrupt(config, run, opt, history, (epoch, i + 1, epoch_rng), stop.signum)
+                if progress and (i + 1) % config.disp_batches == 0:
+                    progress(_progress_figures(run, epoch, i, config.batch_size, tic))
             per_batch = run.stats.asnumpy()                               # the epoch's one host sync
             seconds = time.perf_counter() - tic
             _check_finite(per_batch, run.flat_params, epoch)
             num_train, test = len(run.train_x), evaluate(run.test_exes, run.num_test)
             history.append(_record(epoch, per_batch, num_train, test, seconds, num_train - skip * config.batch_size))
-            _after_epoch(config, run, sgd, history)
+            _after_epoch(config, run, opt, history)
             log(_format_epoch(history[-1]))
             skip = 0
+    _plot(config, run, history, log)
     return history
 
 
@@ -157,8 +180,8 @@ def _setup(config, log):
     if config.batch_size > len(train_x):
         raise UsageError(f"--batch-size {config.batch_size} is larger than the {len(train_x)} training samples")
     rng = np.random.RandomState(config.seed)
-    net = network.get_symbol(NUM_CLASSES, config.num_hidden)
-    symbol = _training_graph(net)
+    net = network.get_symbol(NUM_CLASSES, config.num_hidden)  # what checkpoints save, whatever the loss mode
+    symbol = _training_graph(config.num_hidden, config.loss)
     exe, flat_params, flat_grads = _bind(symbol, ctx, config.batch_size, train_x.shape[1])
     params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
     _init_params(params, rng)
@@ -180,19 +203,21 @@ def _record(epoch, per_batch, num_train, test, seconds, trained):
             "samples_per_second": trained / seconds}
 
 
-def _after_epoch(config, run, sgd, history):
+def _after_epoch(config, run, opt, history):
     """Append to the metrics file and save a checkpoint, as config asks."""
     epoch = history[-1]["epoch"]
     if config.metrics_file:
         _append_json_line(config.metrics_file, history[-1])
     if config.model_prefix and (epoch % config.save_period == 0 or epoch == config.num_epochs):
-        checkpoint.save(config.model_prefix, epoch, run.net, run.params, _trainer_state(config, run, sgd, history))
+        checkpoint.save(config.model_prefix, epoch, run.net, run.params, _trainer_state(config, run, opt, history))
 
 
-def _trainer_state(config, run, sgd, history, in_epoch=None):
+def _trainer_state(config, run, opt, history, in_epoch=None):
     state = {"epoch": len(history), "config": dataclasses.asdict(config), "history": history,
              "rng": _encode_rng(run.rng),
-             "optimizer": {name: checkpoint.encode_array(value) for name, value in sgd.state.items()}}
+             "optimizer": {"num_update": opt.num_update,
+                           "state": {name: [checkpoint.encode_array(array) for array in arrays]
+                                     for name, arrays in opt.state.items()}}}
     if in_epoch:
         epoch, batches_done, epoch_rng = in_epoch
         # The RNG as the epoch began, so a resume redraws the same shuffle and skips the batches already done.
@@ -201,11 +226,18 @@ def _trainer_state(config, run, sgd, history, in_epoch=None):
     return state
 
 
-def _resume(config, run, sgd):
+def _resume(config, run, opt):
     """Load weights, optimizer state and RNG from the checkpoint config names; return (history, batches to skip)."""
     tag = checkpoint.INTERRUPTED if config.resume else config.load_epoch
     state = checkpoint.load(config.model_prefix, tag, run.params)
-    sgd.state = {name: checkpoint.decode_array(value, run.ctx) for name, value in state["optimizer"].items()}
+    saved = state["config"]
+    if saved["optimizer"] != config.optimizer or (saved["mom"] > 0) != (config.mom > 0):
+        raise checkpoint.CheckpointError(
+            f"the checkpoint was trained with --optimizer {saved['optimizer']} --mom {saved['mom']}; resume with "
+            f"the same optimizer, and momentum on or off as it was")
+    opt.num_update = state["optimizer"]["num_update"]
+    opt.state = {name: [checkpoint.decode_array(array, run.ctx) for array in arrays]
+                 for name, arrays in state["optimizer"]["state"].items()}
     run.rng.set_state(_decode_rng(state["rng"]))
     in_epoch = state.get("in_epoch")
     if not in_epoch:
@@ -214,7 +246,7 @@ def _resume(config, run, sgd):
     return state["history"], in_epoch["batches_done"]
 
 
-def _interrupt(config, run, sgd, history, in_epoch, signum):
+def _interrupt(config, run, opt, history, in_epoch, signum):
     """Save the state after the last completed step under its own name; return the Interrupted to raise."""
     epoch, batches_done, _ = in_epoch
     where = f"{signal.Signals(signum).name} in epoch {epoch} after batch {batches_done}"
@@ -222,7 +254,7 @@ def _interrupt(config, run, sgd, history, in_epoch, signum):
         return Interrupted(f"stopped by {where}; nothing saved, since --model-prefix is not set")
     mx.nd.waitall()
     checkpoint.save(config.model_prefix, checkpoint.INTERRUPTED, run.net, run.params,
-                    _trainer_state(config, run, sgd, history, in_epoch))
+                    _trainer_state(config, run, opt, history, in_epoch))
     params_path = checkpoint.paths(config.model_prefix, checkpoint.INTERRUPTED)[1]
     return Interrupted(f"stopped by {where}; saved {params_path}. Resume with: "
                        f"{_command_line(dataclasses.replace(config, resume=True, load_epoch=0))}")
@@ -284,10 +316,63 @@ def _check_finite(per_batch, flat_params, epoch):
                        f"{where}; try a smaller --lr. Checkpoints already saved are untouched")
 
 
-def _training_graph(net):
-    # The metric is a BlockGrad'ed second output, so it runs inside the bound graph at no extra dispatch.
-    label = net.get_internals()["softmax_label"]
-    return mx.sym.Group([net, mx.sym.BlockGrad(metrics.batch_metrics(mx.sym, net, label))])
+def _training_graph(num_hidden, loss_mode):
+    """The bound graph: the network's head, plus the metric as a BlockGrad'ed second output."""
+    if loss_mode == "builtin":
+        head = probs = network.get_symbol(NUM_CLASSES, num_hidden)
+        label = head.get_internals()["softmax_label"]
+    elif loss_mode == "manual":
+        head = network.get_symbol(NUM_CLASSES, num_hidden, logits=True)
+        label, probs = mx.sym.var("softmax_label"), mx.sym.softmax(head, axis=1)
+    else:
+        raise ValueError(f"unknown loss mode {loss_mode!r}")
+    # The metric runs inside the bound graph, so it costs no extra dispatch per batch.
+    return mx.sym.Group([head, mx.sym.BlockGrad(metrics.batch_metrics(mx.sym, probs, label))])
+
+
+def _head_grads(loss_mode):
+    """exe -> the out_grads for exe.backward(): none for SoftmaxOutput, the hand-written gradient for manual."""
+    if loss_mode == "builtin":
+        return lambda exe: None
+    if loss_mode == "manual":
+        return lambda exe: [loss.softmax_cross_entropy_grad(exe.outputs[0], exe.arg_dict["softmax_label"])]
+    raise ValueError(f"unknown loss mode {loss_mode!r}")
+
+
+def _optimizer(config, batches_per_epoch):
+    schedule = lr_schedule(config.lr_scheduler, config.lr, config.num_epochs * batches_per_epoch,
+                           [epoch * batches_per_epoch for epoch in config.lr_step_epochs], config.lr_factor)
+    return OPTIMIZERS[config.optimizer](config.lr, config.mom, config.wd, lr_schedule=schedule)
+
+
+def _progress_figures(run, epoch, i, batch_size, tic):
+    """Running loss and accuracy of the epoch so far, read two batches behind the one just queued.
+
+    Reading a batch that the engine has not reached would stall Python until the queue drains; two batches
+    behind, the engine still has work queued while Python waits, so the device never idles.
+    """
+    done = max(i - 1, 1)
+    correct, loss_sum = run.stats[:done].asnumpy().sum(axis=0)
+    samples = done * batch_size
+    return {"epoch": epoch, "batch": i + 1, "batches": len(run.stats), "loss": float(loss_sum / samples),
+            "acc": float(correct / samples), "samples_per_second": samples / (time.perf_counter() - tic)}
+
+
+def _plot(config, run, history, log):
+    folder = config.plot_dir or (config.model_prefix + "-plots" if config.model_prefix else "")
+    if not folder:
+        return
+    probs = mx.nd.concat(*[exe.outputs[0] for exe in run.test_exes], dim=0)
+    if config.loss == "manual":
+        probs = mx.nd.softmax(probs, axis=1)  # that graph's first output is the logits
+    images = mx.nd.concat(*[exe.arg_dict["data"] for exe in run.test_exes], dim=0).asnumpy()
+    labels = mx.nd.concat(*[exe.arg_dict["softmax_label"] for exe in run.test_exes], dim=0).asnumpy()
+    try:
+        written = plots.save_plots(folder, history, probs.asnumpy(), labels.astype(np.int64), images)
+    except Exception as err:  # pictures are a nicety: no failure of theirs may fail a finished training run
+        log(f"warning: no pictures written: {type(err).__name__}: {err}".splitlines()[0])
+        return
+    log(f"pictures: {', '.join(written)}")
 
 
 def _param_names(symbol):
@@ -443,14 +528,18 @@ def parse_config(argv=None):
 def main(argv=None):
     config = parse_config(argv)
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read at bind time; silences a banner per executor
+    tty = sys.stdout.isatty()
     print("config:", json.dumps(dataclasses.asdict(config)), flush=True)
+
+    def log(line):
+        print(("\r\033[K" if tty else "") + line, flush=True)  # on a terminal, over the progress bar
     try:
         if config.evaluate:
             result = score(config)
             print(f"checkpoint {config.model_prefix}-{config.load_epoch:04d}: test loss {result['loss']:.4f} "
                   f"acc {result['acc']:.4f}")
             return 0
-        history = train(config, log=lambda line: print(line, flush=True))
+        history = train(config, log=log, progress=_progress_bar if tty else _progress_line)
     except (UsageError, data.DataError, checkpoint.CheckpointError) as err:
         print(f"train_mnist.py: error: {err}", file=sys.stderr)
         return 2
@@ -458,10 +547,22 @@ def main(argv=None):
         print(f"train_mnist.py: error: {err}", file=sys.stderr)
         return 3
     except Interrupted as err:
-        print(f"train_mnist.py: {err}", file=sys.stderr)
+        print(f"{chr(13) + chr(27) + '[K' if tty else ''}train_mnist.py: {err}", file=sys.stderr)
         return 130
     print(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
     return 0
+
+
+def _progress_line(f):
+    print(f"epoch {f['epoch']:3d}  batch {f['batch']:5d}/{f['batches']}  loss {f['loss']:.4f} acc {f['acc']:.4f}  "
+          f"{f['samples_per_second']:8.0f} samples/s", flush=True)
+
+
+def _progress_bar(f, width=30):
+    filled = width * f["batch"] // f["batches"]
+    sys.stdout.write(f"\repoch {f['epoch']:3d} [{'#' * filled}{'.' * (width - filled)}] {f['batch']}/{f['batches']}  "
+                     f"loss {f['loss']:.4f}  {f['samples_per_second']:8.0f} samples/s")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

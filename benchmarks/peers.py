@@ -37,7 +37,7 @@ def peer_ours(data_dir, epochs, seed):
 def _score_ms(data_dir, repeats=21):
     """Median time to score the whole test set through the trainer's own scoring executors."""
     _, _, test_x, test_y = data.load_mnist(data_dir)
-    symbol = train_mnist._training_graph(network.get_symbol(10, HIDDEN))
+    symbol = train_mnist._training_graph(HIDDEN, "builtin")
     exe, _, _ = train_mnist._bind(symbol, mx.cpu(), BATCH, 784)
     params = {name: exe.arg_dict[name] for name in train_mnist._param_names(symbol)}
     train_mnist._init_params(params, np.random.RandomState(0))

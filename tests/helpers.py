@@ -106,3 +106,13 @@ def numpy_probs(params, images):
     logits = x @ params[f"fc{layer}_weight"].T + params[f"fc{layer}_bias"]
     logits -= logits.max(axis=1, keepdims=True)
     return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def tree_bytes(folder):
+    """Every file under folder, by path, with its bytes: to show that a run wrote or changed nothing."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+    return found

@@ -13,7 +13,7 @@ import pytest
 
 import data
 import train_mnist
-from helpers import ROOT
+from helpers import ROOT, tree_bytes
 
 
 @pytest.fixture
@@ -39,16 +39,12 @@ def _cli(capsys, *argv):
     return code, out, err
 
 
-def _file_bytes(folder):
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
-
-
 def test_saves_every_period_and_the_last_epoch_in_mxnet_format(synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=5, save_period=2))
     assert sorted(os.listdir(ck)) == [
         "mlp-0002.params", "mlp-0002.state.json", "mlp-0004.params", "mlp-0004.state.json",
-        "mlp-0005.params", "mlp-0005.state.json", "mlp-symbol.json"]
+        "mlp-0005.params", "mlp-0005.state.json", "mlp-plots", "mlp-symbol.json"]
     symbol, arg_params, aux_params = mx.model.load_checkpoint(prefix, 5)
     assert symbol.list_outputs() == ["softmax_output"] and aux_params == {}
     assert sorted(arg_params) == ["fc1_bias", "fc1_weight", "fc2_bias", "fc2_weight", "fc3_bias", "fc3_weight"]
@@ -78,41 +74,53 @@ def test_saved_model_scores_the_same_through_module_and_gluon(synthetic_dir, ck)
     assert np.mean(probs.argmax(axis=1) == test_y) == pytest.approx(ours["acc"], abs=1e-12)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, momentum):
+@pytest.mark.parametrize("settings", [
+    dict(), dict(mom=0.9), dict(optimizer="nag", mom=0.9),
+    dict(optimizer="adam", lr=0.001, wd=1e-4, lr_scheduler="step", lr_step_epochs=(3,)),
+    dict(loss="manual", mom=0.5)], ids=["sgd", "momentum", "nag", "adam-step", "manual-loss"])
+def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, settings):
     straight, split = str(ck / "straight"), str(ck / "split")
-    full = train_mnist.train(_config(synthetic_dir, straight, num_epochs=5, mom=momentum, batch_size=64))
-    train_mnist.train(_config(synthetic_dir, split, num_epochs=2, mom=momentum, batch_size=64))
-    resumed = train_mnist.train(_config(synthetic_dir, split, num_epochs=5, mom=momentum, batch_size=64,
-                                        load_epoch=2))
+    common = dict(settings, batch_size=64, plot_dir=str(ck / "pics"))
+    full = train_mnist.train(_config(synthetic_dir, straight, num_epochs=5, **common))
+    train_mnist.train(_config(synthetic_dir, split, num_epochs=2, **common))
+    resumed = train_mnist.train(_config(synthetic_dir, split, num_epochs=5, load_epoch=2, **common))
     assert open(straight + "-0005.params", "rb").read() == open(split + "-0005.params", "rb").read()
     figures = ("train_loss", "train_acc", "test_loss", "test_acc")
     assert [[r[k] for k in figures] for r in resumed] == [[r[k] for k in figures] for r in full]
-    if momentum:
-        saved = json.load(open(split + "-0005.state.json"))["optimizer"]
-        assert set(saved) == {"all"} and saved == json.load(open(straight + "-0005.state.json"))["optimizer"]
+    saved = json.load(open(split + "-0005.state.json"))["optimizer"]
+    assert saved == json.load(open(straight + "-0005.state.json"))["optimizer"] and saved["num_update"] == 5 * 17
+    assert len(saved["state"].get("all", [])) == {"sgd": int(bool(settings.get("mom"))), "nag": 1,
+                                                  "adam": 2}[settings.get("optimizer", "sgd")]
+
+
+def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
+    prefix = str(ck / "mlp")
+    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1, mom=0.9))
+    code, _, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
+                        "--load-epoch", "1", "--num-epochs", "2", "--optimizer", "adam", "--lr", "0.001")
+    assert code == 2 and "trained with --optimizer sgd --mom 0.9" in err and err.count("\n") == 1
 
 
 def test_evaluate_only_scores(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
-    before = _file_bytes(ck)
+    before = tree_bytes(ck)
     code, out, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
                           "--load-epoch", "1", "--evaluate")
     assert code == 0 and err == "" and "epoch   1" not in out
     assert out.splitlines()[-1].startswith(f"checkpoint {prefix}-0001: test loss ")
-    assert _file_bytes(ck) == before
+    assert tree_bytes(ck) == before
 
 
 def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
-    before = _file_bytes(ck)
+    before = tree_bytes(ck)
     code, out, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
                           "--load-epoch", "1", "--num-epochs", "3", "--lr", "1e8")
     assert code == 3 and err.count("\n") == 1
     assert "training diverged: non-finite loss in epoch 2, batch " in err and "smaller --lr" in err
-    assert _file_bytes(ck) == before
+    assert tree_bytes(ck) == before
 
 
 def _saved_checkpoint(synthetic_dir, folder):
@@ -151,11 +159,11 @@ def test_bad_checkpoint_input_is_one_line_exit_2_and_writes_nothing(capsys, synt
         argv = ["--data-dir", synthetic_dir, "--evaluate"]
     elif case == "load without a prefix":
         argv = ["--data-dir", synthetic_dir, "--load-epoch", "1"]
-    before = _file_bytes(ck)
+    before = tree_bytes(ck)
     code, out, err = _cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
     assert "epoch   2" not in out
-    assert _file_bytes(ck) == before
+    assert tree_bytes(ck) == before
 
 
 def test_sigkill_during_saves_never_leaves_a_torn_checkpoint(synthetic_dir, ck):
@@ -199,13 +207,13 @@ def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(c
     deadline = time.time() + 60
     while not os.path.exists(prefix + "-0002.params") and time.time() < deadline:
         time.sleep(0.005)
-    finished = {name: data for name, data in _file_bytes(ck).items() if name[4:8].isdigit()}
+    finished = {name: data for name, data in tree_bytes(ck).items() if name[4:8].isdigit()}
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert f"stopped by {signal.Signals(signum).name} in epoch " in err and err.count("\n") == 1
     assert os.path.exists(prefix + "-interrupted.params") and os.path.exists(prefix + "-interrupted.state.json")
-    after = _file_bytes(ck)
+    after = tree_bytes(ck)
     assert all(after[name] == data for name, data in finished.items())  # no finished epoch overwritten
     state = json.load(open(prefix + "-interrupted.state.json"))
     assert state["in_epoch"]["epoch"] == state["epoch"] + 1 and state["in_epoch"]["batches_done"] >= 1

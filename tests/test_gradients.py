@@ -1,9 +1,9 @@
-"""The bound executor's parameter gradients against finite differences of a float64 numpy loss."""
+"""Gradients against finite differences of a float64 numpy loss, and the two loss modes against each other."""
 import mxnet as mx
 import numpy as np
 import pytest
 
-import network
+import loss
 import train_mnist
 from helpers import numpy_probs
 
@@ -13,33 +13,67 @@ def _summed_loss(params, images, labels):
     return -np.log(probs[np.arange(len(labels)), labels]).sum()
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_executor_gradients_match_numeric_gradients(seed):
+def _numeric_gradient(f, value, step=1e-6):
+    numeric = np.zeros_like(value)
+    for i in np.ndindex(value.shape):
+        saved = value[i]
+        value[i] = saved + step
+        up = f()
+        value[i] = saved - step
+        down = f()
+        value[i] = saved
+        numeric[i] = (up - down) / (2 * step)
+    return numeric
+
+
+def _batch_gradients(loss_mode, seed, hidden=(6, 5), batch=3, features=7):
+    """Bind the trainer's graph for loss_mode, run one forward and backward; return params, grads, inputs."""
     rng = np.random.RandomState(seed)
-    symbol = train_mnist._training_graph(network.get_symbol(num_classes=4, num_hidden=(6, 5)))
-    exe, _, flat_grads = train_mnist._bind(symbol, mx.cpu(), batch_size=3, num_features=7)
+    symbol = train_mnist._training_graph(hidden, loss_mode)
+    exe, _, flat_grads = train_mnist._bind(symbol, mx.cpu(), batch_size=batch, num_features=features)
     params = {name: exe.arg_dict[name] for name in train_mnist._param_names(symbol)}
     train_mnist._init_params(params, rng)
     for name in params:  # non-zero biases, so their gradients are not a special case
         params[name][:] = params[name].asnumpy() + rng.uniform(-0.1, 0.1, size=params[name].shape)
-    images, labels = rng.rand(3, 7), rng.randint(0, 4, size=3)
+    images, labels = rng.rand(batch, features), rng.randint(0, 10, size=batch)
     exe.arg_dict["data"][:] = images
     exe.arg_dict["softmax_label"][:] = labels
     exe.forward(is_train=True)
-    exe.backward()
-
+    exe.backward(train_mnist._head_grads(loss_mode)(exe))
     values = {name: array.asnumpy().astype(np.float64) for name, array in params.items()}
-    step = 1e-6
-    for name, value in values.items():
-        numeric = np.zeros_like(value)
-        for i in np.ndindex(value.shape):
-            saved = value[i]
-            value[i] = saved + step
-            up = _summed_loss(values, images, labels)
-            value[i] = saved - step
-            down = _summed_loss(values, images, labels)
-            value[i] = saved
-            numeric[i] = (up - down) / (2 * step)
-        # SoftmaxOutput's gradient is the sum over the batch, not the mean: the numeric one is of the sum.
-        np.testing.assert_allclose(exe.grad_dict[name].asnumpy(), numeric, rtol=1e-3, atol=1e-4)
+    grads = {name: exe.grad_dict[name].asnumpy() for name in params}
     assert np.abs(flat_grads.asnumpy()).max() > 1e-3
+    return values, grads, images, labels
+
+
+@pytest.mark.parametrize("loss_mode", ["builtin", "manual"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_parameter_gradients_match_numeric_gradients(loss_mode, seed):
+    values, grads, images, labels = _batch_gradients(loss_mode, seed)
+    for name, value in values.items():
+        numeric = _numeric_gradient(lambda: _summed_loss(values, images, labels), value)
+        # Both modes give the gradient of the batch's summed loss; the update divides by the batch.
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_both_loss_modes_give_the_same_parameter_gradients(seed):
+    _, builtin, _, _ = _batch_gradients("builtin", seed, hidden=(32, 16), batch=20, features=50)
+    _, manual, _, _ = _batch_gradients("manual", seed, hidden=(32, 16), batch=20, features=50)
+    for name in builtin:
+        np.testing.assert_allclose(manual[name], builtin[name], rtol=1e-6, atol=1e-6)
+
+
+def test_hand_written_loss_gradient_matches_numeric_gradient_of_the_logits():
+    rng = np.random.RandomState(3)
+    logits, labels = rng.randn(5, 10) * 2, rng.randint(0, 10, size=5)
+
+    def summed_loss():
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return -log_probs[np.arange(5), labels].sum()
+    numeric = _numeric_gradient(summed_loss, logits)
+    ours = loss.softmax_cross_entropy_grad(mx.nd.array(logits), mx.nd.array(labels)).asnumpy()
+    np.testing.assert_allclose(ours, numeric, rtol=1e-4, atol=1e-6)
+    # Each row sums to zero: the probabilities sum to one, and so does the one-hot label.
+    np.testing.assert_allclose(ours.sum(axis=1), 0, atol=1e-6)

@@ -1,35 +1,102 @@
-"""optimizer.SGD step for step against mx.optimizer.SGD, and the flat update against the per-array one."""
+"""optimizer.py step for step against mx.optimizer, and the schedules against mx.lr_scheduler."""
 import mxnet as mx
 import numpy as np
 import pytest
 
-from optimizer import SGD
+import optimizer
+from optimizer import OPTIMIZERS, SGD
 
 SHAPES = {"fc1_weight": (6, 5), "fc1_bias": (6,), "fc2_weight": (3, 6), "fc2_bias": (3,)}
+class _NAGKernel(mx.optimizer.NAG):
+    """mx.optimizer.NAG, but calling MXNet's nag_mom_update with an output separate from the weight.
+
+    mx.optimizer.NAG passes out=weight, and the kernel then reads the already-updated weight for the weight-decay
+    term of the momentum: with momentum and wd both set, the stored momentum drifts from the kernel's own formula.
+    """
+
+    def update(self, index, weight, grad, state):
+        if state is None:  # no momentum: plain sgd_update, no aliasing question
+            return super().update(index, weight, grad, state)
+        self._update_count(index)
+        new = mx.nd.zeros_like(weight)
+        mx.nd.nag_mom_update(weight, grad, state, out=new, lr=self._get_lr(index), wd=self._get_wd(index),
+                             momentum=self.momentum, rescale_grad=self.rescale_grad)
+        weight[:] = new
+
+
+REFERENCE = {"sgd": mx.optimizer.SGD, "nag": _NAGKernel, "adam": mx.optimizer.Adam}
+CASES = [(name, momentum, wd) for name in ("sgd", "nag") for momentum in (0.0, 0.9) for wd in (0.0, 1e-3)]
+CASES += [("adam", 0.0, 0.0), ("adam", 0.0, 1e-3)]
 
 
 def _arrays(rng):
     return {name: mx.nd.array(rng.randn(*shape)) for name, shape in SHAPES.items()}
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("wd", [0.0, 1e-3])
-def test_matches_mx_optimizer_sgd_step_for_step(momentum, wd):
+def _run_both(name, momentum, wd, steps=8, schedule=None, reference_scheduler=None):
+    """Apply the same gradients through ours and through mx.optimizer; yield both weight sets after each step."""
     rng = np.random.RandomState(0)
     ours = _arrays(rng)
-    theirs = {name: array.copy() for name, array in ours.items()}
-    sgd = SGD(learning_rate=0.1, momentum=momentum, wd=wd)
-    reference = mx.optimizer.SGD(learning_rate=0.1, momentum=momentum, wd=wd, rescale_grad=1 / 32)
-    states = {name: reference.create_state(i, w) for i, (name, w) in enumerate(theirs.items())}
-    for _ in range(6):
+    theirs = {key: array.copy() for key, array in ours.items()}
+    lr = 0.01 if name == "adam" else 0.1
+    mine = OPTIMIZERS[name](lr, momentum, wd, lr_schedule=schedule)
+    kwargs = {"momentum": momentum} if name != "adam" else {}
+    reference = REFERENCE[name](learning_rate=lr, wd=wd, rescale_grad=1 / 32, lr_scheduler=reference_scheduler,
+                                **kwargs)
+    states = {key: reference.create_state(i, w) for i, (key, w) in enumerate(theirs.items())}
+    for _ in range(steps):
         grads = _arrays(rng)
-        sgd.update(ours, {name: g.copy() for name, g in grads.items()}, rescale_grad=1 / 32)
-        for i, name in enumerate(theirs):
-            reference.update(i, theirs[name], grads[name], states[name])
-        for name in ours:
-            np.testing.assert_allclose(ours[name].asnumpy(), theirs[name].asnumpy(), rtol=1e-6, atol=1e-6)
-    # Six steps moved the weights, so the comparison above was not between untouched copies.
-    assert not np.allclose(ours["fc1_weight"].asnumpy(), _arrays(np.random.RandomState(0))["fc1_weight"].asnumpy())
+        mine.update(ours, {key: g.copy() for key, g in grads.items()}, rescale_grad=1 / 32)
+        for i, key in enumerate(theirs):
+            reference.update(i, theirs[key], grads[key], states[key])
+        yield ours, theirs
+
+
+@pytest.mark.parametrize("name, momentum, wd", CASES)
+def test_matches_its_mx_optimizer_step_for_step(name, momentum, wd):
+    start = _arrays(np.random.RandomState(0))["fc1_weight"].asnumpy()
+    for ours, theirs in _run_both(name, momentum, wd):
+        for key in ours:
+            np.testing.assert_allclose(ours[key].asnumpy(), theirs[key].asnumpy(), rtol=1e-6, atol=1e-6)
+    # The steps moved the weights, so the comparison was not between untouched copies.
+    assert np.abs(ours["fc1_weight"].asnumpy() - start).max() > 1e-3
+
+
+def test_nag_equals_mx_optimizer_nag_where_its_aliasing_does_not_matter():
+    rng = np.random.RandomState(2)
+    ours = _arrays(rng)
+    theirs = {key: array.copy() for key, array in ours.items()}
+    mine, reference = OPTIMIZERS["nag"](0.1, 0.9, 0.0), mx.optimizer.NAG(learning_rate=0.1, momentum=0.9)
+    states = {key: reference.create_state(i, w) for i, (key, w) in enumerate(theirs.items())}
+    for _ in range(5):
+        grads = _arrays(rng)
+        mine.update(ours, {key: g.copy() for key, g in grads.items()})
+        for i, key in enumerate(theirs):
+            reference.update(i, theirs[key], grads[key], states[key])
+    for key in ours:
+        np.testing.assert_allclose(ours[key].asnumpy(), theirs[key].asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_schedules_match_mx_lr_scheduler_inside_the_optimizer(name):
+    step = optimizer.lr_schedule("step", 0.1 if name == "sgd" else 0.01, 8, step_updates=(3, 6), factor=0.5)
+    reference = mx.lr_scheduler.MultiFactorScheduler(step=[3, 6], factor=0.5)
+    for ours, theirs in _run_both(name, 0.0, 0.0, schedule=step, reference_scheduler=reference):
+        for key in ours:
+            np.testing.assert_allclose(ours[key].asnumpy(), theirs[key].asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_schedule_values_match_mx_lr_scheduler():
+    step = optimizer.lr_schedule("step", 0.1, 100, step_updates=(20, 50), factor=0.1)
+    cosine = optimizer.lr_schedule("cosine", 0.1, 100)
+    mx_step = mx.lr_scheduler.MultiFactorScheduler(step=[20, 50], factor=0.1, base_lr=0.1)
+    mx_cosine = mx.lr_scheduler.CosineScheduler(max_update=100, base_lr=0.1, final_lr=0)
+    for num_update in range(1, 121):
+        assert step(num_update) == pytest.approx(mx_step(num_update), rel=1e-12)
+        assert cosine(num_update) == pytest.approx(mx_cosine(num_update), rel=1e-9, abs=1e-12)
+    assert optimizer.lr_schedule("none", 0.1, 100) is None
+    with pytest.raises(ValueError):
+        optimizer.lr_schedule("linear", 0.1, 100)
 
 
 @pytest.mark.parametrize("momentum, wd", [(0.0, 0.0), (0.9, 1e-2)])
@@ -47,7 +114,12 @@ def test_one_flat_buffer_updates_like_separate_arrays(momentum, wd):
     np.testing.assert_allclose(flat.asnumpy(), expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("lr, momentum, wd", [(0, 0, 0), (-1, 0, 0), (0.1, 1.0, 0), (0.1, -0.1, 0), (0.1, 0, -1)])
-def test_bad_hyperparameters_are_rejected(lr, momentum, wd):
+def test_every_optimizer_is_registered_by_name():
+    assert set(OPTIMIZERS) == {"sgd", "nag", "adam"}
+
+
+@pytest.mark.parametrize("name, lr, momentum, wd", [("sgd", 0, 0, 0), ("sgd", -1, 0, 0), ("nag", 0.1, 1.0, 0),
+                                                    ("sgd", 0.1, -0.1, 0), ("adam", 0.1, 0, -1), ("adam", 0.1, 0.9, 0)])
+def test_bad_hyperparameters_are_rejected(name, lr, momentum, wd):
     with pytest.raises(ValueError):
-        SGD(lr, momentum, wd)
+        OPTIMIZERS[name](lr, momentum, wd)

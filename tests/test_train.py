@@ -11,12 +11,12 @@ import pytest
 import data
 import network
 import train_mnist
-from helpers import BAD_DATA, REAL_MNIST, ROOT, corrupt, numpy_probs, synthetic_arrays
+from helpers import BAD_DATA, REAL_MNIST, ROOT, corrupt, numpy_probs, synthetic_arrays, tree_bytes
 from optimizer import SGD
 
 
 def _bound(batch_size=50, hidden=(16,), seed=0):
-    symbol = train_mnist._training_graph(network.get_symbol(10, hidden))
+    symbol = train_mnist._training_graph(hidden, "builtin")
     exe, flat_params, flat_grads = train_mnist._bind(symbol, mx.cpu(), batch_size, 784)
     params = {name: exe.arg_dict[name] for name in train_mnist._param_names(symbol)}
     train_mnist._init_params(params, np.random.RandomState(seed))
@@ -167,21 +167,11 @@ def test_bad_data_from_the_command_line_is_one_line_exit_2_and_writes_nothing(ca
         folder, expected = os.path.join(synthetic_dir, data.FILES[0] + ".gz"), "is not a folder"
     else:
         folder, expected = synthetic_dir, corrupt(synthetic_dir, kind)
-    before = _tree(tmp_path)
+    before = tree_bytes(tmp_path)
     code, out, err = _cli(capsys, "--data-dir", folder, "--model-prefix", str(tmp_path / "mlp"),
                           "--metrics-file", str(tmp_path / "m.jsonl"))
     assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
-    assert "epoch   1" not in out and _tree(tmp_path) == before
-
-
-def _tree(folder):
-    """Every file under folder with its bytes."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                found[os.path.join(root, name)] = f.read()
-    return found
+    assert "epoch   1" not in out and tree_bytes(tmp_path) == before
 
 
 def test_unwritable_metrics_folder_is_refused_before_training(capsys, synthetic_dir, tmp_path):

@@ -1,0 +1,89 @@
+"""Three pictures of a finished run: training curves, the test confusion matrix, the worst test mistakes."""
+import os
+
+import numpy as np
+
+CURVES, CONFUSION, MISTAKES = "training_curves.png", "confusion_matrix.png", "misclassified.png"
+
+
+def save_plots(folder, history, probs, labels, images, num_mistakes=24):
+    """Write the three PNGs into folder (created if needed) and return their paths; needs matplotlib."""
+    import matplotlib  # optional: imported here so that training never needs it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import checkpoint  # for its atomic write: a picture is replaced whole or not at all
+
+    os.makedirs(folder, exist_ok=True)
+    figures = {CURVES: _curves(plt, history), CONFUSION: _confusion(plt, probs, labels),
+               MISTAKES: _mistakes(plt, probs, labels, images, num_mistakes)}
+    paths = []
+    for name, figure in figures.items():
+        path = os.path.join(folder, name)
+        checkpoint.write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def confusion_matrix(predicted, labels, num_classes=10):
+    """counts[true, predicted] over the test set."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def worst_mistakes(probs, labels, count):
+    """Indices of the wrong predictions made with the highest confidence, most confident first."""
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
+
+
+def _curves(plt, history):
+    epochs = [r["epoch"] for r in history]
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "o-"), ("test", "s--")):
+        loss_axis.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split)
+        acc_axis.plot(epochs, [100 * r[f"{split}_acc"] for r in history], style, label=split)
+    loss_axis.set(title="Cross-entropy loss", xlabel="epoch", ylabel="mean loss per sample")
+    acc_axis.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for axis in (loss_axis, acc_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def _confusion(plt, probs, labels):
+    counts = confusion_matrix(probs.argmax(axis=1), labels, probs.shape[1])
+    figure, axis = plt.subplots(figsize=(7.5, 6.5))
+    # A log-like colour scale: the diagonal's thousands would otherwise wash out the off-diagonal tens.
+    image = axis.imshow(np.log1p(counts), cmap="Blues")
+    for (true, predicted), count in np.ndenumerate(counts):
+        dark = np.log1p(count) > 0.6 * np.log1p(counts.max())
+        axis.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                  color="white" if dark else "black")
+    ticks = range(probs.shape[1])
+    axis.set(xticks=ticks, yticks=ticks, xlabel="predicted digit", ylabel="true digit",
+             title=f"Test confusion matrix ({int(np.trace(counts))} of {counts.sum()} right)")
+    figure.colorbar(image, ax=axis, label="log(1 + count)")
+    figure.tight_layout()
+    return figure
+
+
+def _mistakes(plt, probs, labels, images, count):
+    worst = worst_mistakes(probs, labels, count)
+    columns = 8
+    rows = max(1, -(-len(worst) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.75), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, worst):
+        predicted = int(probs[index].argmax())
+        axis.imshow(images[index].reshape(28, 28), cmap="gray_r")
+        axis.set_title(f"true {labels[index]}, said {predicted}\n{100 * probs[index, predicted]:.1f}% sure",
+                       fontsize=8)
+    figure.suptitle(f"The {len(worst)} most confident test mistakes")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,103 @@
+"""Beyond the tutorial: the hand-written loss end to end, the optimizer family, schedules, pictures, progress."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import plots
+import train_mnist
+
+
+def _config(folder, **overrides):
+    settings = dict(data_dir=folder, num_epochs=3, num_hidden=(32, 16))
+    settings.update(overrides)
+    return train_mnist.Config(**settings)
+
+
+def _cli(capsys, *argv):
+    try:
+        code = train_mnist.main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_manual_loss_trains_like_the_builtin_one(synthetic_dir):
+    builtin = train_mnist.train(_config(synthetic_dir, loss="builtin"))
+    manual = train_mnist.train(_config(synthetic_dir, loss="manual"))
+    assert manual[-1]["test_acc"] > 0.9 and manual[-1]["train_loss"] < manual[0]["train_loss"]
+    for ours, theirs in zip(manual, builtin):
+        # Same gradients to 1e-6 each step: the runs part only by float rounding.
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
+        assert ours["test_acc"] == pytest.approx(theirs["test_acc"], abs=2 / 230)
+
+
+@pytest.mark.parametrize("optimizer, lr, mom, wd", [("sgd", 0.1, 0.9, 1e-4), ("nag", 0.1, 0.9, 0.0),
+                                                    ("adam", 0.001, 0.0, 1e-4)])
+def test_each_optimizer_learns(synthetic_dir, optimizer, lr, mom, wd):
+    history = train_mnist.train(_config(synthetic_dir, optimizer=optimizer, lr=lr, mom=mom, wd=wd))
+    assert history[-1]["test_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"] / 2
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--optimizer", "rmsprop"], "--optimizer must be one of adam, nag, sgd"),
+    (["--optimizer", "adam", "--mom", "0.9"], "--mom does not apply to adam"),
+    (["--lr-scheduler", "linear"], "--lr-scheduler must be none, step or cosine"),
+    (["--lr-scheduler", "step"], "--lr-scheduler step needs --lr-step-epochs"),
+    (["--lr-factor", "2"], "--lr-factor must be in (0, 1]"),
+    (["--lr-step-epochs", "5,x"], "comma-separated integers"),
+    (["--loss", "hinge"], "--loss must be builtin or manual"),
+    (["--disp-batches", "-1"], "--disp-batches must be >= 0"),
+])
+def test_bad_extra_flags_are_one_line_and_exit_2(capsys, argv, expected):
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and expected in err
+
+
+def test_step_and_cosine_schedules_follow_the_epochs():
+    config = train_mnist.Config(lr=0.2, num_epochs=4, lr_scheduler="step", lr_step_epochs=(1, 3), lr_factor=0.5)
+    schedule = train_mnist._optimizer(config, batches_per_epoch=10).lr_schedule
+    assert [schedule(n) for n in (1, 10, 11, 30, 31, 40)] == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
+    cosine = train_mnist._optimizer(dataclasses.replace(config, lr_scheduler="cosine"), 10).lr_schedule
+    assert cosine(20) == pytest.approx(0.1) and cosine(40) == pytest.approx(0.0, abs=1e-12)
+    assert train_mnist._optimizer(dataclasses.replace(config, lr_scheduler="none"), 10).lr_schedule is None
+
+
+def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
+    lines = []
+    train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    for name in (plots.CURVES, plots.CONFUSION, plots.MISTAKES):
+        with open(tmp_path / "pics" / name, "rb") as f:
+            head = f.read()
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 2_000
+    assert lines[-1].startswith("pictures: ") and plots.CURVES in lines[-1]
+
+
+def test_confusion_matrix_and_worst_mistakes():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.45, 0.55]])
+    labels = np.array([0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(plots.confusion_matrix(probs.argmax(axis=1), labels, 2), [[1, 2], [1, 1]])
+    # Wrong: rows 2 (70% sure), 3 (60%), 4 (55%): most confident first.
+    assert list(plots.worst_mistakes(probs, labels, 2)) == [2, 3]
+
+
+def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_path, monkeypatch):
+    def no_matplotlib(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'")
+    monkeypatch.setattr(plots, "save_plots", no_matplotlib)
+    lines = []
+    history = train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    assert len(history) == 3
+    assert lines[-1] == "warning: no pictures written: ModuleNotFoundError: No module named 'matplotlib'"
+
+
+def test_progress_lines_every_disp_batches_without_a_terminal(capsys, synthetic_dir):
+    code, out, _ = _cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "2", "--num-hidden", "32,16",
+                        "--batch-size", "50", "--disp-batches", "5")
+    progress = [line for line in out.splitlines() if " batch " in line]
+    assert code == 0 and len(progress) == 2 * (21 // 5)  # 1050 samples: 21 batches of 50, a report per 5
+    assert progress[0].startswith("epoch   1  batch     5/21  loss ") and progress[-1].split()[3] == "20/21"
+    assert "\r" not in out
+    code, out, _ = _cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "1", "--disp-batches", "0")
+    assert code == 0 and " batch " not in out
