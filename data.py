@@ -58,13 +58,34 @@ def load_mnist(data_dir=None, mirrors=MIRRORS, progress=None):
     return train_images, train_labels, test_images, test_labels
 
 
-def epoch_batches(num_samples, batch_size, ctx, rng=None):
-    """Yield device index arrays covering range(num_samples) once, shuffled by rng if given; the last may be short."""
+def epoch_batches(num_samples, batch_size, contexts, rng=None, worker=0, num_workers=1):
+    """Yield, per global batch, one index array per context: its part of this worker's share of the batch.
+
+    The whole epoch's order (shuffled by rng if given) is the same on every worker, so the workers together,
+    and the contexts of each, cover every global batch exactly once; the last batch may be short.
+    """
     order = rng.permutation(num_samples) if rng is not None else np.arange(num_samples)
-    # One upload per epoch; each batch is then a view, gathered on the device by the caller.
-    order = mx.nd.array(order, ctx=ctx, dtype=np.int32)
+    # One upload per context per epoch; each batch is then a view, gathered on the device by the caller.
+    orders = [mx.nd.array(order, ctx=ctx, dtype=np.int32) for ctx in contexts]
     for start in range(0, num_samples, batch_size):
-        yield order[start:start + batch_size]
+        parts = shares(min(batch_size, num_samples - start), worker, num_workers, len(contexts))
+        yield [order_on[start + begin:start + end] for order_on, (begin, end) in zip(orders, parts)]
+
+
+def shares(batch, worker, num_workers, num_contexts):
+    """(begin, end) offsets into a batch for each context of one worker: split evenly, workers then contexts."""
+    sizes = _even(batch, num_workers)
+    begin = sum(sizes[:worker])
+    offsets = []
+    for size in _even(sizes[worker], num_contexts):
+        offsets.append((begin, begin + size))
+        begin += size
+    return offsets
+
+
+def _even(total, parts):
+    # The first total % parts parts take one more.
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def default_cache_dir():

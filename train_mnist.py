@@ -29,7 +29,9 @@ from optimizer import OPTIMIZERS, lr_schedule
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Edit the defaults here; every field is also a flag, e.g. batch_size is --batch-size."""
-    gpus: str = ""                 # GPU id to train on, e.g. 0; empty trains on the CPU
+    gpus: str = ""                 # GPU ids to train on, e.g. 0 or 0,1,2,3; empty trains on the CPU
+    cpus: int = 0                  # train on this many CPU contexts, mx.cpu(0) to mx.cpu(N-1); 0 means one
+    kv_store: str = "device"       # sums gradients: local or device (several devices), dist_sync (several machines)
     batch_size: int = 100          # samples per SGD step
     num_epochs: int = 15           # passes over the training set
     optimizer: str = "sgd"         # sgd, nag (Nesterov) or adam, all hand-written in optimizer.py
@@ -54,7 +56,12 @@ class Config:
 
     def __post_init__(self):
         problems = [message for failed, message in (
-            (not re.fullmatch(r"(\d+(,\d+)*)?", self.gpus), f"--gpus must be a GPU id such as 0, got {self.gpus!r}"),
+            (not re.fullmatch(r"(\d+(,\d+)*)?", self.gpus),
+             f"--gpus must be GPU ids such as 0 or 0,1, got {self.gpus!r}"),
+            (self.cpus < 0, f"--cpus must be >= 0, got {self.cpus}"),
+            (self.cpus and self.gpus, "--cpus and --gpus exclude each other"),
+            (self.kv_store not in ("local", "device", "dist_sync"),
+             f"--kv-store must be local, device or dist_sync, got {self.kv_store!r}"),
             (self.batch_size < 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.num_epochs < 1, f"--num-epochs must be >= 1, got {self.num_epochs}"),
             (not self.lr > 0, f"--lr must be > 0, got {self.lr}"),
@@ -104,37 +111,48 @@ class Diverged(Exception):
 def train(config, log=None, progress=None):
     """Train as config says; log(line) once per epoch, progress(figures) every --disp-batches; return the history."""
     log = log or (lambda line: None)
-    progress = progress if config.disp_batches else None
     run = _setup(config, log)
-    opt = _optimizer(config, len(run.stats))
+    if run.rank > 0:  # with dist_sync, rank 0 alone reports, saves and draws
+        log, progress = (lambda line: None), None
+    progress = progress if config.disp_batches else None
+    opt = _optimizer(config, run.num_batches)
     history, skip = _resume(config, run, opt) if config.load_epoch or config.resume else ([], 0)
+    _share_weights(run, from_rank0=True)
     head_grads = _head_grads(config.loss)
-    all_params, all_grads = {"all": run.flat_params}, {"all": run.flat_grads}
+    first, num_train = run.devices[0], run.num_train
     with _StopOnSignal() as stop:
         for epoch in range(len(history) + 1, config.num_epochs + 1):
             epoch_rng, tic = _encode_rng(run.rng), time.perf_counter()
-            batches = enumerate(data.epoch_batches(len(run.train_x), config.batch_size, run.ctx, run.rng))
-            for i, idx in itertools.islice(batches, skip, None):
-                exe = run.executors[len(idx)]
-                mx.nd.take(run.train_x, idx, out=exe.arg_dict["data"])  # gather the batch on the device
-                mx.nd.take(run.train_y, idx, out=exe.arg_dict["softmax_label"])
-                exe.forward(is_train=True)                                # forward
-                exe.backward(head_grads(exe))                             # backward: gradients summed over the batch
-                opt.update(all_params, all_grads, 1.0 / len(idx))         # update: one pass over every parameter
-                exe.outputs[1].copyto(run.stats[i])                       # measure on the device: no per-batch sync
+            batches = enumerate(data.epoch_batches(num_train, config.batch_size, run.contexts, run.rng,
+                                                   run.rank, run.num_workers))
+            for i, shares in itertools.islice(batches, skip, None):
+                for dev, idx in zip(run.devices, shares):                 # each device: its share of the batch
+                    exe = dev.executors[len(idx)]
+                    mx.nd.take(dev.train_x, idx, out=exe.arg_dict["data"])  # gather on the device
+                    mx.nd.take(dev.train_y, idx, out=exe.arg_dict["softmax_label"])
+                    exe.forward(is_train=True)                            # forward
+                    exe.backward(head_grads(exe))                         # backward: gradients summed over the share
+                    exe.outputs[1].copyto(dev.stats[i])                   # measure on the device: no per-batch sync
+                _sum_grads(run)                                           # over devices and workers, into the first
+                batch = min(config.batch_size, num_train - i * config.batch_size)
+                opt.update(first.all_params, first.all_grads, 1.0 / batch)  # update once, over every parameter
+                _share_weights(run)                                       # the new weights reach every device
                 if stop.signum:                                           # Ctrl-C or SIGTERM: keep this step, exit
                     raise _interrupt(config, run, opt, history, (epoch, i + 1, epoch_rng), stop.signum)
                 if progress and (i + 1) % config.disp_batches == 0:
                     progress(_progress_figures(run, epoch, i, config.batch_size, tic))
-            per_batch = run.stats.asnumpy()                               # the epoch's one host sync
+            per_batch = sum(dev.stats.asnumpy() for dev in run.devices)  # the epoch's one host sync
             seconds = time.perf_counter() - tic
-            _check_finite(per_batch, run.flat_params, epoch)
-            num_train, test = len(run.train_x), evaluate(run.test_exes, run.num_test)
-            history.append(_record(epoch, per_batch, num_train, test, seconds, num_train - skip * config.batch_size))
-            _after_epoch(config, run, opt, history)
-            log(_format_epoch(history[-1]))
+            _check_finite(per_batch, first.flat_params, epoch)
+            totals, test = _all_workers(run, per_batch.sum(axis=0)), evaluate(run.test_exes, run.num_test)
+            history.append(_record(epoch, totals, num_train, test, seconds, num_train - skip * config.batch_size))
+            if run.rank == 0:
+                _after_epoch(config, run, opt, history)
+                log(_format_epoch(history[-1]))
             skip = 0
-    _plot(config, run, history, log)
+    if run.rank == 0:
+        _plot(config, run, history, log)
+    log(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
     return history
 
 
@@ -155,49 +173,126 @@ def evaluate(executors, num_samples):
 
 
 @dataclasses.dataclass
-class _Run:
-    """What training binds once: context, graph, executors, parameters, device data and the RNG."""
+class _Device:
+    """One context's part of training: its executors, parameter and gradient buffers, and data replica."""
     ctx: mx.Context
-    net: mx.sym.Symbol
-    executors: dict            # batch size -> training executor (the full batch, and the tail if any)
-    params: dict               # name -> the executor's parameter array (a view into flat_params)
+    executors: dict            # share size -> training executor
+    params: dict               # name -> the executor's parameter array, a view into flat_params
     flat_params: mx.nd.NDArray
     flat_grads: mx.nd.NDArray
     train_x: mx.nd.NDArray
     train_y: mx.nd.NDArray
+    stats: mx.nd.NDArray       # one row per batch of the epoch: number correct, summed loss, of this device's shares
+
+    @property
+    def all_params(self):
+        return {"all": self.flat_params}
+
+    @property
+    def all_grads(self):
+        return {"all": self.flat_grads}
+
+
+@dataclasses.dataclass
+class _Run:
+    """What training sets up once: devices, graph, scoring executors, the RNG and, with several, the kvstore."""
+    devices: list
+    net: mx.sym.Symbol         # the network that checkpoints save, whatever the loss mode
     test_exes: list
+    num_train: int
     num_test: int
+    num_batches: int
     rng: np.random.RandomState
-    stats: mx.nd.NDArray       # one row per batch of the epoch: number correct, summed loss
+    kv: object = None          # mx.kv.KVStore when gradients are summed over devices or workers
+    rank: int = 0
+    num_workers: int = 1
+
+    @property
+    def contexts(self):
+        return [dev.ctx for dev in self.devices]
+
+    @property
+    def params(self):
+        return self.devices[0].params
+
+
+_GRADS, _WEIGHTS, _TOTALS = 0, 1, 2  # kvstore keys
 
 
 def _setup(config, log):
     """Check every input, load the data, bind and initialise: everything before the first batch."""
-    ctx = _context(config.gpus)
+    contexts = _contexts(config.gpus, config.cpus)
     _check_writable(config.metrics_file, "--metrics-file")
     _check_writable(config.model_prefix, "--model-prefix")
+    kv = mx.kv.create(config.kv_store) if len(contexts) > 1 or config.kv_store == "dist_sync" else None
+    rank, num_workers = (kv.rank, kv.num_workers) if kv else (0, 1)
+    if rank == 0:
+        log("config: " + json.dumps(dataclasses.asdict(config)))
     train_x, train_y, test_x, test_y = data.load_mnist(config.data_dir or None, progress=_download_logger(log))
-    if config.batch_size > len(train_x):
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the {len(train_x)} training samples")
+    _check_batch(config.batch_size, len(train_x), num_workers * len(contexts))
     rng = np.random.RandomState(config.seed)
-    net = network.get_symbol(NUM_CLASSES, config.num_hidden)  # what checkpoints save, whatever the loss mode
     symbol = _training_graph(config.num_hidden, config.loss)
-    exe, flat_params, flat_grads = _bind(symbol, ctx, config.batch_size, train_x.shape[1])
-    params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
-    _init_params(params, rng)
-    executors = {config.batch_size: exe}
     tail = len(train_x) % config.batch_size
-    if tail:
-        executors[tail] = exe.reshape(data=(tail, train_x.shape[1]), softmax_label=(tail,))
-    # The whole data set lives on the device, so each batch is a device-side gather, not a host copy.
-    test_exes = _bind_eval(symbol, ctx, params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
-    num_batches = -(-len(train_x) // config.batch_size)
-    return _Run(ctx, net, executors, params, flat_params, flat_grads, mx.nd.array(train_x, ctx),
-                mx.nd.array(train_y, ctx), test_exes, len(test_x), rng, mx.nd.zeros((num_batches, 2), ctx))
+    devices = []
+    for d, ctx in enumerate(contexts):
+        # Every share size this device will see: of a full batch, and of the short last one if any.
+        sizes = sorted({end - begin for batch in (config.batch_size, tail) if batch
+                        for begin, end in [data.shares(batch, rank, num_workers, len(contexts))[d]]}, reverse=True)
+        exe, flat_params, flat_grads = _bind(symbol, ctx, sizes[0], train_x.shape[1])
+        executors = {size: exe.reshape(data=(size, train_x.shape[1]), softmax_label=(size,)) for size in sizes[1:]}
+        executors[sizes[0]] = exe
+        params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
+        # The whole data set lives on each device, so each batch is a device-side gather, not a host copy.
+        devices.append(_Device(ctx, executors, params, flat_params, flat_grads, mx.nd.array(train_x, ctx),
+                               mx.nd.array(train_y, ctx), mx.nd.zeros((-(-len(train_x) // config.batch_size), 2), ctx)))
+    _init_params(devices[0].params, rng)
+    ctx = contexts[0]
+    test_exes = _bind_eval(symbol, ctx, devices[0].params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
+    if kv:
+        kv.init(_GRADS, devices[0].flat_grads)
+        kv.init(_TOTALS, mx.nd.zeros(2, ctx))
+    return _Run(devices, network.get_symbol(NUM_CLASSES, config.num_hidden), test_exes, len(train_x), len(test_x),
+                len(devices[0].stats), rng, kv, rank, num_workers)
 
 
-def _record(epoch, per_batch, num_train, test, seconds, trained):
-    correct, loss_sum = per_batch.sum(axis=0)
+def _check_batch(batch_size, num_train, num_parts):
+    if batch_size > num_train:
+        raise UsageError(f"--batch-size {batch_size} is larger than the {num_train} training samples")
+    tail = num_train % batch_size
+    if batch_size < num_parts or 0 < tail < num_parts:
+        raise UsageError(f"--batch-size {batch_size} leaves a batch of {min(batch_size, tail or batch_size)} "
+                         f"samples for {num_parts} devices in all; every device needs at least one")
+
+
+def _sum_grads(run):
+    """Sum the devices' gradients, and with dist_sync every worker's, into the first device's buffer."""
+    if run.kv:
+        run.kv.push(_GRADS, [dev.flat_grads for dev in run.devices])
+        run.kv.pull(_GRADS, out=run.devices[0].flat_grads)
+
+
+def _share_weights(run, from_rank0=False):
+    """Copy the first device's weights to the others; from_rank0 first gives every worker rank 0's weights."""
+    first = run.devices[0]
+    if from_rank0 and run.num_workers > 1:
+        run.kv.init(_WEIGHTS, first.flat_params)  # the store keeps rank 0's value, and every worker pulls it
+        run.kv.pull(_WEIGHTS, out=first.flat_params)
+    for dev in run.devices[1:]:
+        first.flat_params.copyto(dev.flat_params)
+
+
+def _all_workers(run, totals):
+    """The epoch's [correct, loss] summed over all workers (one push and pull per epoch)."""
+    if run.num_workers == 1:
+        return totals
+    run.kv.push(_TOTALS, mx.nd.array(totals, run.contexts[0]))
+    summed = mx.nd.zeros(2, run.contexts[0])
+    run.kv.pull(_TOTALS, out=summed)
+    return summed.asnumpy()
+
+
+def _record(epoch, totals, num_train, test, seconds, trained):
+    correct, loss_sum = totals
     return {"epoch": epoch, "train_loss": float(loss_sum / num_train), "train_acc": float(correct / num_train),
             "test_loss": test["loss"], "test_acc": test["acc"], "epoch_seconds": seconds,
             "samples_per_second": trained / seconds}
@@ -222,7 +317,8 @@ def _trainer_state(config, run, opt, history, in_epoch=None):
         epoch, batches_done, epoch_rng = in_epoch
         # The RNG as the epoch began, so a resume redraws the same shuffle and skips the batches already done.
         state.update(rng=epoch_rng, in_epoch={"epoch": epoch, "batches_done": batches_done,
-                                              "stats": checkpoint.encode_array(run.stats[:batches_done])})
+                                              "stats": [checkpoint.encode_array(dev.stats[:batches_done])
+                                                        for dev in run.devices]})
     return state
 
 
@@ -236,13 +332,17 @@ def _resume(config, run, opt):
             f"the checkpoint was trained with --optimizer {saved['optimizer']} --mom {saved['mom']}; resume with "
             f"the same optimizer, and momentum on or off as it was")
     opt.num_update = state["optimizer"]["num_update"]
-    opt.state = {name: [checkpoint.decode_array(array, run.ctx) for array in arrays]
+    opt.state = {name: [checkpoint.decode_array(array, run.contexts[0]) for array in arrays]
                  for name, arrays in state["optimizer"]["state"].items()}
     run.rng.set_state(_decode_rng(state["rng"]))
     in_epoch = state.get("in_epoch")
     if not in_epoch:
         return state["history"], 0
-    run.stats[:in_epoch["batches_done"]] = checkpoint.decode_array(in_epoch["stats"], run.ctx)
+    if len(in_epoch["stats"]) != len(run.devices):
+        raise checkpoint.CheckpointError(f"the interrupted run had {len(in_epoch['stats'])} devices, this one "
+                                         f"{len(run.devices)}; resume it on as many")
+    for dev, stats in zip(run.devices, in_epoch["stats"]):
+        dev.stats[:in_epoch["batches_done"]] = checkpoint.decode_array(stats, dev.ctx)
     return state["history"], in_epoch["batches_done"]
 
 
@@ -352,10 +452,12 @@ def _progress_figures(run, epoch, i, batch_size, tic):
     behind, the engine still has work queued while Python waits, so the device never idles.
     """
     done = max(i - 1, 1)
-    correct, loss_sum = run.stats[:done].asnumpy().sum(axis=0)
-    samples = done * batch_size
-    return {"epoch": epoch, "batch": i + 1, "batches": len(run.stats), "loss": float(loss_sum / samples),
-            "acc": float(correct / samples), "samples_per_second": samples / (time.perf_counter() - tic)}
+    correct, loss_sum = sum(dev.stats[:done].asnumpy() for dev in run.devices).sum(axis=0)
+    # This worker's samples (its metrics are of its own shares); the speed is of all workers together.
+    mine = done * sum(end - begin for begin, end in data.shares(batch_size, run.rank, run.num_workers,
+                                                                  len(run.devices)))
+    return {"epoch": epoch, "batch": i + 1, "batches": run.num_batches, "loss": float(loss_sum / mine),
+            "acc": float(correct / mine), "samples_per_second": done * batch_size / (time.perf_counter() - tic)}
 
 
 def _plot(config, run, history, log):
@@ -424,26 +526,26 @@ def _init_params(params, rng):
             raise ValueError(f"no initialiser for parameter {name}")
 
 
-def _context(gpus):
+def _contexts(gpus, cpus):
+    if cpus:
+        return [mx.cpu(i) for i in range(cpus)]
     if not gpus:
-        return mx.cpu()
+        return [mx.cpu()]
     ids = [int(i) for i in gpus.split(",")]
-    if len(ids) > 1:
-        raise UsageError(f"--gpus {gpus}: training on several GPUs is not supported yet; give one id")
     if not mx.runtime.Features().is_enabled("CUDA"):
         raise UsageError("--gpus needs a CUDA build of MXNet, and this one is CPU-only: "
                          "pip uninstall -y mxnet && pip install mxnet-cu112 (or the mxnet-cu11x matching your CUDA)")
-    if ids[0] >= mx.context.num_gpus():
-        raise UsageError(f"--gpus {ids[0]}: MXNet sees {mx.context.num_gpus()} GPU(s)")
-    ctx = mx.gpu(ids[0])
-    try:
-        (mx.nd.ones((1,), ctx=ctx) * 2).asnumpy()  # one real kernel launch, so a wheel/GPU mismatch fails here
-    except mx.base.MXNetError as err:
-        if "no kernel image is available" in str(err):
-            raise UsageError(f"GPU {ids[0]} is newer than the installed MXNet wheel supports: the mxnet-cu11x "
-                             "wheels carry kernels for compute capability 5.0 to 8.6 only") from None
-        raise
-    return ctx
+    if max(ids) >= mx.context.num_gpus() or len(set(ids)) < len(ids):
+        raise UsageError(f"--gpus {gpus}: MXNet sees {mx.context.num_gpus()} GPU(s), and each id may appear once")
+    for i in ids:
+        try:
+            (mx.nd.ones((1,), ctx=mx.gpu(i)) * 2).asnumpy()  # one real kernel launch: a wheel/GPU mismatch fails here
+        except mx.base.MXNetError as err:
+            if "no kernel image is available" in str(err):
+                raise UsageError(f"GPU {i} is newer than the installed MXNet wheel supports: the mxnet-cu11x "
+                                 "wheels carry kernels for compute capability 5.0 to 8.6 only") from None
+            raise
+    return [mx.gpu(i) for i in ids]
 
 
 def _check_writable(path, flag):
@@ -529,17 +631,17 @@ def main(argv=None):
     config = parse_config(argv)
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read at bind time; silences a banner per executor
     tty = sys.stdout.isatty()
-    print("config:", json.dumps(dataclasses.asdict(config)), flush=True)
 
     def log(line):
         print(("\r\033[K" if tty else "") + line, flush=True)  # on a terminal, over the progress bar
     try:
         if config.evaluate:
+            log("config: " + json.dumps(dataclasses.asdict(config)))
             result = score(config)
             print(f"checkpoint {config.model_prefix}-{config.load_epoch:04d}: test loss {result['loss']:.4f} "
                   f"acc {result['acc']:.4f}")
             return 0
-        history = train(config, log=log, progress=_progress_bar if tty else _progress_line)
+        train(config, log=log, progress=_progress_bar if tty else _progress_line)
     except (UsageError, data.DataError, checkpoint.CheckpointError) as err:
         print(f"train_mnist.py: error: {err}", file=sys.stderr)
         return 2
@@ -549,7 +651,6 @@ def main(argv=None):
     except Interrupted as err:
         print(f"{chr(13) + chr(27) + '[K' if tty else ''}train_mnist.py: {err}", file=sys.stderr)
         return 130
-    print(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
     return 0
 
 

@@ -63,22 +63,43 @@ def test_cache_follows_mxnet_home(monkeypatch):
     assert data.default_cache_dir() == os.path.join(os.path.expanduser("~"), ".mxnet", "datasets", "mnist")
 
 
+def _epoch(num_samples, batch_size, rng=None, contexts=(mx.cpu(),), worker=0, num_workers=1):
+    return [[part.asnumpy() for part in parts]
+            for parts in data.epoch_batches(num_samples, batch_size, list(contexts), rng, worker, num_workers)]
+
+
 def test_epoch_batches_cover_every_sample_once_with_a_short_tail():
-    batches = [b.asnumpy() for b in data.epoch_batches(23, 5, mx.cpu(), np.random.RandomState(1))]
-    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
-    order = np.concatenate(batches)
+    batches = _epoch(23, 5, np.random.RandomState(1))
+    assert [len(parts[0]) for parts in batches] == [5, 5, 5, 5, 3]
+    order = np.concatenate([parts[0] for parts in batches])
     assert sorted(order) == list(range(23)) and list(order) != list(range(23))
 
 
 def test_epoch_batches_are_seeded_and_reshuffled_each_epoch():
-    def epoch(rng):
-        return np.concatenate([b.asnumpy() for b in data.epoch_batches(50, 8, mx.cpu(), rng)])
+    def flat(batches):
+        return np.concatenate([parts[0] for parts in batches])
     a, b = np.random.RandomState(3), np.random.RandomState(3)
-    first_a, first_b = epoch(a), epoch(b)
+    first_a, first_b = flat(_epoch(50, 8, a)), flat(_epoch(50, 8, b))
     assert np.array_equal(first_a, first_b)
-    assert not np.array_equal(first_a, epoch(a))
-    unshuffled = np.concatenate([b.asnumpy() for b in data.epoch_batches(10, 4, mx.cpu())])
-    assert list(unshuffled) == list(range(10))
+    assert not np.array_equal(first_a, flat(_epoch(50, 8, a)))
+    assert list(flat(_epoch(10, 4))) == list(range(10))
+
+
+@pytest.mark.parametrize("num_workers, num_contexts", [(1, 2), (2, 1), (2, 3), (3, 2)])
+def test_workers_and_contexts_split_each_batch_exactly(num_workers, num_contexts):
+    contexts = [mx.cpu(i) for i in range(num_contexts)]
+    epochs = [_epoch(47, 10, np.random.RandomState(5), contexts, w, num_workers) for w in range(num_workers)]
+    whole = _epoch(47, 10, np.random.RandomState(5))
+    for step, batch in enumerate(whole):
+        parts = [part for worker in epochs for part in worker[step]]
+        # In order, workers then contexts, the parts are the single-device batch, and no part is empty.
+        assert np.array_equal(np.concatenate(parts), batch[0]) and min(len(p) for p in parts) >= 1
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+def test_shares_are_even_with_the_remainder_first():
+    assert data.shares(10, 0, 1, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert data.shares(10, 1, 2, 2) == [(5, 8), (8, 10)]
 
 
 @pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")

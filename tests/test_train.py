@@ -93,10 +93,11 @@ def test_training_on_synthetic_data_learns_and_logs(synthetic_dir, tmp_path):
     metrics_file.write_text('{"from": "an earlier run"}\n')
     lines = []
     history = train_mnist.train(_config(synthetic_dir, metrics_file=str(metrics_file)), log=lines.append)
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and len(lines) == 4
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and len(lines) == 5
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
     assert history[-1]["test_acc"] > 0.5 and history[-1]["train_acc"] > 0.5  # chance is 0.1
-    assert lines[0].startswith("epoch   1  train loss ") and "samples/s" in lines[0]
+    assert json.loads(lines[0][len("config: "):])["metrics_file"] == str(metrics_file)
+    assert lines[1].startswith("epoch   1  train loss ") and "samples/s" in lines[1]
     saved = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert saved[0] == {"from": "an earlier run"} and saved[1:] == history
     assert list(saved[1]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
@@ -147,7 +148,10 @@ def _cli(capsys, *argv):
     (["--mom", "1"], "--mom must be in [0, 1)"),
     (["--wd", "-1"], "--wd must be >= 0"),
     (["--num-hidden", "128,0"], "--num-hidden must be positive"),
-    (["--gpus", "zero"], "--gpus must be a GPU id"),
+    (["--gpus", "zero"], "--gpus must be GPU ids such as 0 or 0,1"),
+    (["--cpus", "-1"], "--cpus must be >= 0"),
+    (["--cpus", "2", "--gpus", "0"], "--cpus and --gpus exclude each other"),
+    (["--kv-store", "dist_async"], "--kv-store must be local, device or dist_sync"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(capsys, argv, expected):
     code, out, err = _cli(capsys, *argv)

@@ -1,0 +1,126 @@
+"""Several devices in one process, and several workers over MXNet's parameter server, all on this machine."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import train_mnist
+from helpers import ROOT
+
+LAUNCH = [sys.executable, os.path.join(ROOT, "launch_local.py")]
+TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
+
+
+def _params(prefix, epoch):
+    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
+
+
+def _assert_close(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
+
+
+@pytest.mark.parametrize("cpus, settings", [(2, {}), (3, {"mom": 0.9}), (2, {"optimizer": "adam", "lr": 0.001})])
+def test_several_contexts_train_like_one_with_the_same_global_batch(synthetic_dir, tmp_path, cpus, settings):
+    # 1050 samples in batches of 64: 16 full batches split unevenly (e.g. 22/21/21) and a tail of 26.
+    common = dict(data_dir=synthetic_dir, num_epochs=3, batch_size=64, num_hidden=(32, 16), disp_batches=0, **settings)
+    one = train_mnist.train(train_mnist.Config(model_prefix=str(tmp_path / "one"), **common))
+    many = train_mnist.train(train_mnist.Config(model_prefix=str(tmp_path / "many"), cpus=cpus, **common))
+    for epoch in (1, 3):  # after one epoch's 17 steps, and after 51
+        _assert_close(_params(tmp_path / "one", epoch), _params(tmp_path / "many", epoch))
+    for a, b in zip(one, many):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-9)
+
+
+def test_more_devices_than_samples_in_a_batch_is_refused(synthetic_dir, capsys):
+    code = train_mnist.main(["--data-dir", synthetic_dir, "--cpus", "3", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "leaves a batch of 2 samples for 3 devices" in err and err.count("\n") == 1
+
+
+def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path):
+    flags = ["--data-dir", synthetic_dir, "--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16",
+             "--mom", "0.9", "--disp-batches", "0"]
+    single = subprocess.run(TRAIN + flags + ["--model-prefix", str(tmp_path / "single")], capture_output=True,
+                            text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    dist = subprocess.run(LAUNCH + ["-n", "2", "-s", "1", "--timeout", "150", "--"] + TRAIN + flags +
+                          ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")],
+                          capture_output=True, text=True, timeout=180)
+    # The job ended by itself, past the last epoch: no worker hung waiting for another.
+    assert dist.returncode == 0, dist.stderr
+    assert dist.stdout.count("final test accuracy") == 1  # rank 0 alone reports
+    for epoch in (1, 3):
+        _assert_close(_params(tmp_path / "single", epoch), _params(tmp_path / "dist", epoch))
+    lines = [line for line in dist.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[:8] for line in lines] == [
+        line.split()[:8] for line in single.stdout.splitlines() if line.startswith("epoch ")]
+
+
+_PUSH_PULL = """
+import mxnet as mx
+kv = mx.kv.create("dist_sync")
+kv.init(7, mx.nd.zeros(3))
+for step in range(1, 4):
+    kv.push(7, mx.nd.ones(3) * (kv.rank + 1) * step)
+    out = mx.nd.zeros(3)
+    kv.pull(7, out=out)
+    expected = sum(rank + 1 for rank in range(kv.num_workers)) * step
+    assert (out.asnumpy() == expected).all(), (step, out.asnumpy(), expected)
+print("ok", kv.rank, flush=True)
+"""
+
+
+def test_the_server_sums_each_step_and_keeps_no_running_total():
+    run = subprocess.run(LAUNCH + ["-n", "3", "-s", "1", "--timeout", "60", "--", sys.executable, "-c", _PUSH_PULL],
+                         capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.split()) == sorted("ok 0 ok 1 ok 2".split())
+
+
+def _children(pid):
+    """pid -> DMLC_ROLE of each live child process of pid."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+                found[int(entry)] = env.get(b"DMLC_ROLE", b"").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path):
+    prefix = str(tmp_path / "dist")
+    launcher = subprocess.Popen(LAUNCH + ["-n", "2", "-s", "1", "--"] + TRAIN + [
+        "--data-dir", synthetic_dir, "--num-epochs", "1000", "--batch-size", "64", "--num-hidden", "32,16",
+        "--kv-store", "dist_sync", "--model-prefix", prefix, "--disp-batches", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while not os.path.exists(prefix + "-0002.params") and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(prefix + "-0002.params"), "the job never got going"
+    children = _children(launcher.pid)
+    assert sorted(children.values()) == ["scheduler", "server", "worker", "worker"]
+    victim = max(pid for pid, role in children.items() if role == "worker")
+    killed_at = time.time()
+    os.kill(victim, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=30)
+    assert time.time() - killed_at < 15
+    assert launcher.returncode != 0
+    assert f"worker #" in err and f"(pid {victim}) was killed by SIGKILL" in err
+    assert all(not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+               for pid in children)
