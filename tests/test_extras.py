@@ -71,7 +71,7 @@ def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
         with open(tmp_path / "pics" / name, "rb") as f:
             head = f.read()
         assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 2_000
-    assert lines[-1].startswith("pictures: ") and plots.CURVES in lines[-1]
+    assert lines[-2].startswith("pictures: ") and plots.CURVES in lines[-2]
 
 
 def test_confusion_matrix_and_worst_mistakes():
@@ -89,7 +89,8 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_pat
     lines = []
     history = train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
     assert len(history) == 3
-    assert lines[-1] == "warning: no pictures written: ModuleNotFoundError: No module named 'matplotlib'"
+    assert lines[-2] == "warning: no pictures written: ModuleNotFoundError: No module named 'matplotlib'"
+    assert lines[-1] == f"final test accuracy {history[-1]['test_acc']:.4f} after 3 epochs"
 
 
 def test_progress_lines_every_disp_batches_without_a_terminal(capsys, synthetic_dir):

@@ -93,11 +93,12 @@ def test_training_on_synthetic_data_learns_and_logs(synthetic_dir, tmp_path):
     metrics_file.write_text('{"from": "an earlier run"}\n')
     lines = []
     history = train_mnist.train(_config(synthetic_dir, metrics_file=str(metrics_file)), log=lines.append)
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and len(lines) == 5
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and len(lines) == 6
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
     assert history[-1]["test_acc"] > 0.5 and history[-1]["train_acc"] > 0.5  # chance is 0.1
     assert json.loads(lines[0][len("config: "):])["metrics_file"] == str(metrics_file)
     assert lines[1].startswith("epoch   1  train loss ") and "samples/s" in lines[1]
+    assert lines[-1] == f"final test accuracy {history[-1]['test_acc']:.4f} after 4 epochs"
     saved = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert saved[0] == {"from": "an earlier run"} and saved[1:] == history
     assert list(saved[1]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
