@@ -75,7 +75,7 @@ for step in range(1, 4):
     expected = sum(rank + 1 for rank in range(kv.num_workers)) * step
     assert (out.asnumpy() == expected).all(), (step, out.asnumpy(), expected)
 import os
-os.write(1, f"ok{kv.rank}\n".encode())  # one write: the workers share the launcher's stdout
+os.write(1, f"ok{kv.rank}\\n".encode())  # one write: the workers share the launcher's stdout
 """
 
 
