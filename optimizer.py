@@ -40,7 +40,17 @@ class Optimizer:
         return []
 
     def step(self, weight, grad, state, lr, rescale_grad):
+        """Update one parameter array in place, at learning rate lr."""
         raise NotImplementedError
+
+    def scaled_gradient(self, weight, grad, scale, rescale_grad):
+        """scale * (rescale_grad * grad + wd * weight), computed in grad's own buffer, which it returns."""
+        # Each element-wise op is a full pass over memory, so scalars are folded and no temporary is made:
+        # scaling the gradient in place is free, since the next backward overwrites it anyway.
+        grad *= scale * rescale_grad
+        if self.wd:
+            grad += weight * (scale * self.wd)
+        return grad
 
 
 class SGD(Optimizer):
@@ -52,18 +62,17 @@ class SGD(Optimizer):
         return [mx.nd.zeros_like(weight)] if self.momentum else []
 
     def step(self, weight, grad, state, lr, rescale_grad):
-        # Each element-wise op is a full pass over memory, so scalars are folded and no temporary is made:
-        # scaling the gradient in place is free, since the next backward overwrites it anyway.
-        grad *= lr * rescale_grad
-        if self.wd:
-            grad += weight * (lr * self.wd)
+        descent = self.scaled_gradient(weight, grad, lr, rescale_grad)
         if self.momentum:
             velocity, = state
             velocity *= self.momentum
-            velocity -= grad
-            weight += velocity
+            velocity -= descent
+            self.apply_velocity(weight, velocity, descent)
         else:
-            weight -= grad
+            weight -= descent
+
+    def apply_velocity(self, weight, velocity, descent):
+        weight += velocity
 
 
 class NAG(SGD):
@@ -71,16 +80,9 @@ class NAG(SGD):
 
     name = "nag"
 
-    def step(self, weight, grad, state, lr, rescale_grad):
-        grad *= lr * rescale_grad
-        if self.wd:
-            grad += weight * (lr * self.wd)
-        if self.momentum:
-            velocity, = state
-            velocity *= self.momentum
-            velocity -= grad
-            weight += velocity * self.momentum  # the look-ahead: where the momentum carries the weights next
-        weight -= grad
+    def apply_velocity(self, weight, velocity, descent):
+        weight += velocity * self.momentum  # the look-ahead: where the momentum carries the weights next
+        weight -= descent
 
 
 class Adam(Optimizer):
@@ -98,9 +100,7 @@ class Adam(Optimizer):
         return [mx.nd.zeros_like(weight), mx.nd.zeros_like(weight)]
 
     def step(self, weight, grad, state, lr, rescale_grad):
-        grad *= rescale_grad
-        if self.wd:
-            grad += weight * self.wd
+        grad = self.scaled_gradient(weight, grad, 1.0, rescale_grad)
         mean, var = state
         mean *= self.beta1
         mean += grad * (1 - self.beta1)

@@ -6,6 +6,7 @@ import struct
 import numpy as np
 
 import data
+import train_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,3 +117,13 @@ def tree_bytes(folder):
             with open(os.path.join(root, name), "rb") as f:
                 found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
     return found
+
+
+def run_cli(capsys, *argv):
+    """Run train_mnist.main() in-process; return its exit code, stdout and stderr."""
+    try:
+        code = train_mnist.main(list(argv))
+    except SystemExit as exit_:  # argparse's way out
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

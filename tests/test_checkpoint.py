@@ -13,7 +13,7 @@ import pytest
 
 import data
 import train_mnist
-from helpers import ROOT, tree_bytes
+from helpers import ROOT, run_cli, tree_bytes
 
 
 @pytest.fixture
@@ -28,15 +28,6 @@ def _config(folder, prefix, **overrides):
     settings = dict(data_dir=folder, num_epochs=4, num_hidden=(32, 16), model_prefix=prefix)
     settings.update(overrides)
     return train_mnist.Config(**settings)
-
-
-def _cli(capsys, *argv):
-    try:
-        code = train_mnist.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_saves_every_period_and_the_last_epoch_in_mxnet_format(synthetic_dir, ck):
@@ -96,7 +87,7 @@ def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, settings):
 def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1, mom=0.9))
-    code, _, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
+    code, _, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
                         "--load-epoch", "1", "--num-epochs", "2", "--optimizer", "adam", "--lr", "0.001")
     assert code == 2 and "trained with --optimizer sgd --mom 0.9" in err and err.count("\n") == 1
 
@@ -105,7 +96,7 @@ def test_evaluate_only_scores(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
     before = tree_bytes(ck)
-    code, out, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
+    code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
                           "--load-epoch", "1", "--evaluate")
     assert code == 0 and err == "" and "epoch   1" not in out
     assert out.splitlines()[-1].startswith(f"checkpoint {prefix}-0001: test loss ")
@@ -116,7 +107,7 @@ def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(caps
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
     before = tree_bytes(ck)
-    code, out, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
+    code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
                           "--load-epoch", "1", "--num-epochs", "3", "--lr", "1e8")
     assert code == 3 and err.count("\n") == 1
     assert "training diverged: non-finite loss in epoch 2, batch " in err and "smaller --lr" in err
@@ -160,7 +151,7 @@ def test_bad_checkpoint_input_is_one_line_exit_2_and_writes_nothing(capsys, synt
     elif case == "load without a prefix":
         argv = ["--data-dir", synthetic_dir, "--load-epoch", "1"]
     before = tree_bytes(ck)
-    code, out, err = _cli(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
     assert "epoch   2" not in out
     assert tree_bytes(ck) == before
@@ -220,11 +211,11 @@ def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(c
 
     command = shlex.split(err.split("Resume with: ")[1])
     assert command[:2] == ["python", "train_mnist.py"] and "--resume" in command
-    code, out, _ = _cli(capsys, *command[2:])
+    code, out, _ = run_cli(capsys, *command[2:])
     assert code == 0 and out.splitlines()[1].startswith(f"epoch {state['in_epoch']['epoch']:3d}")
 
     straight = str(ck / "straight")
-    code, _, _ = _cli(capsys, *flags, "--model-prefix", straight)
+    code, _, _ = run_cli(capsys, *flags, "--model-prefix", straight)
     assert code == 0
     assert open(prefix + "-0030.params", "rb").read() == open(straight + "-0030.params", "rb").read()
     resumed, whole = (json.load(open(p + "-0030.state.json")) for p in (prefix, straight))

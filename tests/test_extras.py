@@ -6,21 +6,13 @@ import pytest
 
 import plots
 import train_mnist
+from helpers import run_cli
 
 
 def _config(folder, **overrides):
     settings = dict(data_dir=folder, num_epochs=3, num_hidden=(32, 16))
     settings.update(overrides)
     return train_mnist.Config(**settings)
-
-
-def _cli(capsys, *argv):
-    try:
-        code = train_mnist.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_manual_loss_trains_like_the_builtin_one(synthetic_dir):
@@ -51,7 +43,7 @@ def test_each_optimizer_learns(synthetic_dir, optimizer, lr, mom, wd):
     (["--disp-batches", "-1"], "--disp-batches must be >= 0"),
 ])
 def test_bad_extra_flags_are_one_line_and_exit_2(capsys, argv, expected):
-    code, out, err = _cli(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == "" and err.count("\n") == 1 and expected in err
 
 
@@ -94,11 +86,11 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_pat
 
 
 def test_progress_lines_every_disp_batches_without_a_terminal(capsys, synthetic_dir):
-    code, out, _ = _cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "2", "--num-hidden", "32,16",
+    code, out, _ = run_cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "2", "--num-hidden", "32,16",
                         "--batch-size", "50", "--disp-batches", "5")
     progress = [line for line in out.splitlines() if " batch " in line]
     assert code == 0 and len(progress) == 2 * (21 // 5)  # 1050 samples: 21 batches of 50, a report per 5
     assert progress[0].startswith("epoch   1  batch     5/21  loss ") and progress[-1].split()[3] == "20/21"
     assert "\r" not in out
-    code, out, _ = _cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "1", "--disp-batches", "0")
+    code, out, _ = run_cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "1", "--disp-batches", "0")
     assert code == 0 and " batch " not in out

@@ -11,7 +11,7 @@ import pytest
 import data
 import network
 import train_mnist
-from helpers import BAD_DATA, REAL_MNIST, ROOT, corrupt, numpy_probs, synthetic_arrays, tree_bytes
+from helpers import BAD_DATA, REAL_MNIST, ROOT, corrupt, numpy_probs, run_cli, synthetic_arrays, tree_bytes
 from optimizer import SGD
 
 
@@ -125,16 +125,6 @@ def test_same_seed_same_numbers_other_seed_other_numbers(synthetic_dir):
     assert figures(8) != first
 
 
-def _cli(capsys, *argv):
-    """Run main() in-process; return exit code, stdout and stderr."""
-    try:
-        code = train_mnist.main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("argv, expected", [
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["--batch"], "unrecognized arguments: --batch"),
@@ -155,13 +145,13 @@ def _cli(capsys, *argv):
     (["--kv-store", "dist_async"], "--kv-store must be local, device or dist_sync"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(capsys, argv, expected):
-    code, out, err = _cli(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("train_mnist.py: error: ") and expected in err
 
 
 def test_batch_larger_than_the_training_set_is_refused(capsys, synthetic_dir):
-    code, _, err = _cli(capsys, "--data-dir", synthetic_dir, "--batch-size", "1051")
+    code, _, err = run_cli(capsys, "--data-dir", synthetic_dir, "--batch-size", "1051")
     assert code == 2 and err == ("train_mnist.py: error: --batch-size 1051 is larger than the 1050 "
                                  "training samples\n")
 
@@ -173,21 +163,21 @@ def test_bad_data_from_the_command_line_is_one_line_exit_2_and_writes_nothing(ca
     else:
         folder, expected = synthetic_dir, corrupt(synthetic_dir, kind)
     before = tree_bytes(tmp_path)
-    code, out, err = _cli(capsys, "--data-dir", folder, "--model-prefix", str(tmp_path / "mlp"),
+    code, out, err = run_cli(capsys, "--data-dir", folder, "--model-prefix", str(tmp_path / "mlp"),
                           "--metrics-file", str(tmp_path / "m.jsonl"))
     assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
     assert "epoch   1" not in out and tree_bytes(tmp_path) == before
 
 
 def test_unwritable_metrics_folder_is_refused_before_training(capsys, synthetic_dir, tmp_path):
-    code, out, err = _cli(capsys, "--data-dir", synthetic_dir, "--metrics-file", str(tmp_path / "no" / "m.jsonl"))
+    code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--metrics-file", str(tmp_path / "no" / "m.jsonl"))
     assert code == 2 and "is not a writable folder" in err and "epoch   1" not in out
 
 
 def test_gpu_on_a_cpu_only_build_names_the_package(capsys, synthetic_dir):
     if mx.runtime.Features().is_enabled("CUDA"):
         pytest.skip("this MXNet has CUDA")
-    code, _, err = _cli(capsys, "--data-dir", synthetic_dir, "--gpus", "0")
+    code, _, err = run_cli(capsys, "--data-dir", synthetic_dir, "--gpus", "0")
     assert code == 2 and "pip install mxnet-cu112" in err and err.count("\n") == 1
 
 
@@ -201,12 +191,12 @@ def test_gpu_without_kernels_for_it_says_so(capsys, synthetic_dir, monkeypatch):
     monkeypatch.setattr(mx.runtime, "Features", CudaFeatures)
     monkeypatch.setattr(mx.context, "num_gpus", lambda: 1)
     monkeypatch.setattr(mx.nd, "ones", no_kernel)
-    code, _, err = _cli(capsys, "--data-dir", synthetic_dir, "--gpus", "0")
+    code, _, err = run_cli(capsys, "--data-dir", synthetic_dir, "--gpus", "0")
     assert code == 2 and "compute capability 5.0 to 8.6" in err and err.count("\n") == 1
 
 
 def test_help_lists_every_flag_with_its_default(capsys):
-    code, out, _ = _cli(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     for flag, default in [("--gpus", ""), ("--batch-size", "100"), ("--num-epochs", "15"), ("--lr", "0.1"),
                           ("--mom", "0.0"), ("--wd", "0.0"), ("--seed", "42"), ("--num-hidden", "(128, 64)"),
@@ -216,7 +206,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
 
 
 def test_main_prints_config_then_one_line_per_epoch(capsys, synthetic_dir):
-    code, out, err = _cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "2", "--lr", "0.2")
+    code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "2", "--lr", "0.2")
     lines = out.splitlines()
     assert code == 0 and err == ""
     assert json.loads(lines[0][len("config: "):])["lr"] == 0.2
