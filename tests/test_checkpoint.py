@@ -88,7 +88,7 @@ def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1, mom=0.9))
     code, _, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
-                        "--load-epoch", "1", "--num-epochs", "2", "--optimizer", "adam", "--lr", "0.001")
+                           "--load-epoch", "1", "--num-epochs", "2", "--optimizer", "adam", "--lr", "0.001")
     assert code == 2 and "trained with --optimizer sgd --mom 0.9" in err and err.count("\n") == 1
 
 
@@ -97,7 +97,7 @@ def test_evaluate_only_scores(capsys, synthetic_dir, ck):
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
     before = tree_bytes(ck)
     code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
-                          "--load-epoch", "1", "--evaluate")
+                             "--load-epoch", "1", "--evaluate")
     assert code == 0 and err == "" and "epoch   1" not in out
     assert out.splitlines()[-1].startswith(f"checkpoint {prefix}-0001: test loss ")
     assert tree_bytes(ck) == before
@@ -108,7 +108,7 @@ def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(caps
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
     before = tree_bytes(ck)
     code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
-                          "--load-epoch", "1", "--num-epochs", "3", "--lr", "1e8")
+                             "--load-epoch", "1", "--num-epochs", "3", "--lr", "1e8")
     assert code == 3 and err.count("\n") == 1
     assert "training diverged: non-finite loss in epoch 2, batch " in err and "smaller --lr" in err
     assert tree_bytes(ck) == before

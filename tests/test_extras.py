@@ -87,7 +87,7 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_pat
 
 def test_progress_lines_every_disp_batches_without_a_terminal(capsys, synthetic_dir):
     code, out, _ = run_cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "2", "--num-hidden", "32,16",
-                        "--batch-size", "50", "--disp-batches", "5")
+                           "--batch-size", "50", "--disp-batches", "5")
     progress = [line for line in out.splitlines() if " batch " in line]
     assert code == 0 and len(progress) == 2 * (21 // 5)  # 1050 samples: 21 batches of 50, a report per 5
     assert progress[0].startswith("epoch   1  batch     5/21  loss ") and progress[-1].split()[3] == "20/21"

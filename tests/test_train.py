@@ -164,7 +164,7 @@ def test_bad_data_from_the_command_line_is_one_line_exit_2_and_writes_nothing(ca
         folder, expected = synthetic_dir, corrupt(synthetic_dir, kind)
     before = tree_bytes(tmp_path)
     code, out, err = run_cli(capsys, "--data-dir", folder, "--model-prefix", str(tmp_path / "mlp"),
-                          "--metrics-file", str(tmp_path / "m.jsonl"))
+                             "--metrics-file", str(tmp_path / "m.jsonl"))
     assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
     assert "epoch   1" not in out and tree_bytes(tmp_path) == before
 
