@@ -38,14 +38,19 @@ _IMAGE_MAGIC, _LABEL_MAGIC = 0x00000803, 0x00000801
 _ROWS = _COLS = 28
 _NUM_CLASSES = 10
 _TIMEOUT_S = 30
+# A pixel's float is its byte times this: one rounding, as dequantize computes it from the byte on a device.
+PIXEL_SCALE = np.float32(1) / np.float32(255)
 
 
 class DataError(Exception):
     """A data problem the user can fix; its message is one line."""
 
 
-def load_mnist(data_dir=None, mirrors=MIRRORS, progress=None):
-    """Return train_images, train_labels, test_images, test_labels as (N, 784) float32 in [0, 1] and int32."""
+def load_mnist(data_dir=None, mirrors=MIRRORS, progress=None, as_bytes=False):
+    """Return train_images, train_labels, test_images, test_labels as (N, 784) float32 in [0, 1] and int32.
+
+    as_bytes: the images as their uint8 pixel bytes instead, which to_floats() turns into those floats.
+    """
     folder = _resolve_folder(data_dir, mirrors, progress)
     train_images = _read_images(_find(folder, FILES[0]))
     train_labels = _read_labels(_find(folder, FILES[1]))
@@ -55,7 +60,14 @@ def load_mnist(data_dir=None, mirrors=MIRRORS, progress=None):
         if len(images) != len(labels):
             raise DataError(f"{folder}: {split} images hold {len(images)} samples but {split} labels hold "
                             f"{len(labels)}; the two files come from different splits")
+    if not as_bytes:
+        train_images, test_images = to_floats(train_images), to_floats(test_images)
     return train_images, train_labels, test_images, test_labels
+
+
+def to_floats(images):
+    """uint8 pixel bytes -> float32 in [0, 1]: each byte times PIXEL_SCALE, as a device's dequantize computes it."""
+    return images.astype(np.float32) * PIXEL_SCALE
 
 
 def epoch_batches(num_samples, batch_size, contexts, rng=None, worker=0, num_workers=1):
@@ -168,8 +180,7 @@ def _parse_idx(path, raw, magic, dims):
 
 def _read_images(path):
     pixels = _parse_idx(path, _read_bytes(path), _IMAGE_MAGIC, (None, _ROWS, _COLS))
-    # Scale once here so that every consumer sees [0, 1] floats.
-    return pixels.reshape(len(pixels), _ROWS * _COLS).astype(np.float32) / np.float32(255)
+    return pixels.reshape(len(pixels), _ROWS * _COLS)
 
 
 def _read_labels(path):

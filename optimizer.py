@@ -26,28 +26,36 @@ class Optimizer:
         self.num_update = 0
         self.state = {}  # name -> list of NDArrays: what a checkpoint saves and restores, with num_update
 
-    def update(self, params, grads, rescale_grad=1.0):
-        """Step every array in params (name -> NDArray) in place; consumes grads, which it scales in place."""
+    def update(self, params, grads, rescale_grad=1.0, prescaled=False):
+        """Step every array in params (name -> NDArray) in place; consumes grads, which it scales in place.
+
+        prescaled: grads already hold rescale_grad * fixed_scale() * gradient, so the step skips that pass.
+        """
         self.num_update += 1
         lr = self.lr_schedule(self.num_update) if self.lr_schedule else self.learning_rate
         for name, weight in params.items():
             if name not in self.state:
                 self.state[name] = self.new_state(weight)
-            self.step(weight, grads[name], self.state[name], lr, rescale_grad)
+            self.step(weight, grads[name], self.state[name], lr, None if prescaled else rescale_grad)
+
+    def fixed_scale(self):
+        """The factor by which every step multiplies rescale_grad * gradient, if it never changes; else None."""
+        return None if self.lr_schedule else self.learning_rate
 
     def new_state(self, weight):
         """The zeroed state arrays one parameter needs."""
         return []
 
     def step(self, weight, grad, state, lr, rescale_grad):
-        """Update one parameter array in place, at learning rate lr."""
+        """Update one parameter array in place, at learning rate lr; rescale_grad None: grad is prescaled."""
         raise NotImplementedError
 
     def scaled_gradient(self, weight, grad, scale, rescale_grad):
         """scale * (rescale_grad * grad + wd * weight), computed in grad's own buffer, which it returns."""
         # Each element-wise op is a full pass over memory, so scalars are folded and no temporary is made:
         # scaling the gradient in place is free, since the next backward overwrites it anyway.
-        grad *= scale * rescale_grad
+        if rescale_grad is not None:  # None: backward has already multiplied grad by scale * rescale_grad
+            grad *= scale * rescale_grad
         if self.wd:
             grad += weight * (scale * self.wd)
         return grad
@@ -95,6 +103,9 @@ class Adam(Optimizer):
         if momentum:
             raise ValueError("adam keeps its own moments (beta1 0.9, beta2 0.999); momentum does not apply")
         super().__init__(learning_rate, momentum, wd, lr_schedule)
+
+    def fixed_scale(self):
+        return 1.0  # the learning rate enters after the moments, so only rescale_grad scales the gradient
 
     def new_state(self, weight):
         return [mx.nd.zeros_like(weight), mx.nd.zeros_like(weight)]

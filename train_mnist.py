@@ -111,11 +111,10 @@ class Diverged(Exception):
 def train(config, log=None, progress=None):
     """Train as config says; log(line) once per epoch, progress(figures) every --disp-batches; return the history."""
     log = log or (lambda line: None)
-    run = _setup(config, log)
+    run, opt = _setup(config, log)
     if run.rank > 0:  # with dist_sync, rank 0 alone reports, saves and draws
         log, progress = (lambda line: None), None
     progress = progress if config.disp_batches else None
-    opt = _optimizer(config, run.num_batches)
     history, skip = _resume(config, run, opt) if config.load_epoch or config.resume else ([], 0)
     _share_weights(run, from_rank0=True)
     head_grads = _head_grads(config.loss)
@@ -126,16 +125,15 @@ def train(config, log=None, progress=None):
             batches = enumerate(data.epoch_batches(num_train, config.batch_size, run.contexts, run.rng,
                                                    run.rank, run.num_workers))
             for i, shares in itertools.islice(batches, skip, None):
+                batch = min(config.batch_size, num_train - i * config.batch_size)
                 for dev, idx in zip(run.devices, shares):                 # each device: its share of the batch
-                    exe = dev.executors[len(idx)]
-                    mx.nd.take(dev.train_x, idx, out=exe.arg_dict["data"])  # gather on the device
-                    mx.nd.take(dev.train_y, idx, out=exe.arg_dict["softmax_label"])
+                    exe = dev.executors[batch]
+                    _gather(dev, idx, batch, exe)                         # the share's samples, gathered on the device
                     exe.forward(is_train=True)                            # forward
                     exe.backward(head_grads(exe))                         # backward: gradients summed over the share
                     exe.outputs[1].copyto(dev.stats[i])                   # measure on the device: no per-batch sync
                 _sum_grads(run)                                           # over devices and workers, into the first
-                batch = min(config.batch_size, num_train - i * config.batch_size)
-                opt.update(first.all_params, first.all_grads, 1.0 / batch)  # update once, over every parameter
+                opt.update(first.all_params, first.all_grads, 1.0 / batch, run.prescaled)  # once, every parameter
                 _share_weights(run)                                       # the new weights reach every device
                 if stop.signum:                                           # Ctrl-C or SIGTERM: keep this step, exit
                     raise _interrupt(config, run, opt, history, (epoch, i + 1, epoch_rng), stop.signum)
@@ -158,7 +156,7 @@ def train(config, log=None, progress=None):
 
 def score(config):
     """Score the checkpoint that config names (--model-prefix, --load-epoch) on the test set; return {'loss', 'acc'}."""
-    run = _setup(config, lambda line: None)
+    run, _ = _setup(config, lambda line: None)
     checkpoint.load(config.model_prefix, config.load_epoch, run.params)
     return evaluate(run.test_exes, run.num_test)
 
@@ -176,13 +174,15 @@ def evaluate(executors, num_samples):
 class _Device:
     """One context's part of training: its executors, parameter and gradient buffers, and data replica."""
     ctx: mx.Context
-    executors: dict            # share size -> training executor
+    executors: dict            # global batch size -> training executor for this device's share of such a batch
     params: dict               # name -> the executor's parameter array, a view into flat_params
     flat_params: mx.nd.NDArray
     flat_grads: mx.nd.NDArray
-    train_x: mx.nd.NDArray
+    train_x: mx.nd.NDArray     # the training images: uint8 bytes when pixel_range is set, else data.py's floats
     train_y: mx.nd.NDArray
     stats: mx.nd.NDArray       # one row per batch of the epoch: number correct, summed loss, of this device's shares
+    pixel_range: tuple = None  # (min, max) arrays with which dequantize turns the bytes into data.py's floats
+    gathered: dict = None      # global batch size -> uint8 buffer that this device's share of it is gathered into
 
     @property
     def all_params(self):
@@ -206,6 +206,7 @@ class _Run:
     kv: object = None          # mx.kv.KVStore when gradients are summed over devices or workers
     rank: int = 0
     num_workers: int = 1
+    prescaled: bool = False    # backward already multiplies the gradients by the update's constant factor
 
     @property
     def contexts(self):
@@ -220,7 +221,7 @@ _GRADS, _WEIGHTS, _TOTALS = 0, 1, 2  # kvstore keys
 
 
 def _setup(config, log):
-    """Check every input, load the data, bind and initialise: everything before the first batch."""
+    """Check every input, load the data, bind and initialise: everything before the first batch; return run, opt."""
     contexts = _contexts(config.gpus, config.cpus)
     _check_writable(config.metrics_file, "--metrics-file")
     _check_writable(config.model_prefix, "--model-prefix")
@@ -228,31 +229,51 @@ def _setup(config, log):
     rank, num_workers = (kv.rank, kv.num_workers) if kv else (0, 1)
     if rank == 0:
         log("config: " + json.dumps(dataclasses.asdict(config)))
-    train_x, train_y, test_x, test_y = data.load_mnist(config.data_dir or None, progress=_download_logger(log))
+    train_x, train_y, test_x, test_y = data.load_mnist(config.data_dir or None, progress=_download_logger(log),
+                                                       as_bytes=True)
     _check_batch(config.batch_size, len(train_x), num_workers * len(contexts))
     rng = np.random.RandomState(config.seed)
-    symbol = _training_graph(config.num_hidden, config.loss)
-    tail = len(train_x) % config.batch_size
+    num_batches = -(-len(train_x) // config.batch_size)
+    opt = _optimizer(config, num_batches)
+    # Backward then multiplies the loss gradient by the update's constant factor (lr / batch for SGD), which
+    # saves the update a pass over every parameter; the manual loss's gradient is made outside the graph.
+    fold = opt.fixed_scale() if config.loss == "builtin" else None
+    batches = [batch for batch in (config.batch_size, len(train_x) % config.batch_size) if batch]
+    symbols = {batch: _training_graph(config.num_hidden, config.loss, fold / batch if fold is not None else 1.0)
+               for batch in batches}
     devices = []
     for d, ctx in enumerate(contexts):
-        # Every share size this device will see: of a full batch, and of the short last one if any.
-        sizes = sorted({end - begin for batch in (config.batch_size, tail) if batch
-                        for begin, end in [data.shares(batch, rank, num_workers, len(contexts))[d]]}, reverse=True)
-        exe, flat_params, flat_grads = _bind(symbol, ctx, sizes[0], train_x.shape[1])
-        executors = {size: exe.reshape(data=(size, train_x.shape[1]), softmax_label=(size,)) for size in sizes[1:]}
-        executors[sizes[0]] = exe
-        params = {name: exe.arg_dict[name] for name in _param_names(symbol)}
-        # The whole data set lives on each device, so each batch is a device-side gather, not a host copy.
-        devices.append(_Device(ctx, executors, params, flat_params, flat_grads, mx.nd.array(train_x, ctx),
-                               mx.nd.array(train_y, ctx), mx.nd.zeros((-(-len(train_x) // config.batch_size), 2), ctx)))
+        # This device's share of each batch size: of a full batch, and of the short last one if any.
+        shares = {batch: end - begin for batch in batches
+                  for begin, end in [data.shares(batch, rank, num_workers, len(contexts))[d]]}
+        devices.append(_device(ctx, symbols, shares, train_x, train_y, num_batches))
     _init_params(devices[0].params, rng)
     ctx = contexts[0]
-    test_exes = _bind_eval(symbol, ctx, devices[0].params, mx.nd.array(test_x, ctx), mx.nd.array(test_y, ctx))
+    test_exes = _bind_eval(symbols[batches[0]], ctx, devices[0].params, mx.nd.array(data.to_floats(test_x), ctx),
+                           mx.nd.array(test_y, ctx))
     if kv:
         kv.init(_GRADS, devices[0].flat_grads)
         kv.init(_TOTALS, mx.nd.zeros(2, ctx))
     return _Run(devices, network.get_symbol(NUM_CLASSES, config.num_hidden), test_exes, len(train_x), len(test_x),
-                len(devices[0].stats), rng, kv, rank, num_workers)
+                num_batches, rng, kv, rank, num_workers, prescaled=fold is not None), opt
+
+
+def _device(ctx, symbols, shares, images, labels, num_batches):
+    """Bind ctx's executor for each batch size (symbols, shares: batch size -> graph, share) and upload the data."""
+    executors, flat = {}, None
+    for batch, symbol in symbols.items():  # all over the same flat parameter and gradient buffers
+        executors[batch], *flat = _bind(symbol, ctx, shares[batch], images.shape[1], flat)
+    params = {name: executors[batch].arg_dict[name] for name in _param_names(symbol)}
+    # The whole data set lives on the device, so each batch is a device-side gather, not a host copy. As bytes
+    # it is a quarter of the memory to gather from, when dequantize on ctx reproduces data.py's floats.
+    pixel_range = _pixel_range(ctx, [(share, images.shape[1]) for share in shares.values()])
+    if pixel_range:
+        train_x = mx.nd.array(images, ctx, np.uint8)
+        gathered = {batch: mx.nd.zeros((share, images.shape[1]), ctx, np.uint8) for batch, share in shares.items()}
+    else:
+        train_x, gathered = mx.nd.array(data.to_floats(images), ctx), None
+    return _Device(ctx, executors, params, *flat, train_x, mx.nd.array(labels, ctx), mx.nd.zeros((num_batches, 2), ctx),
+                   pixel_range, gathered)
 
 
 def _check_batch(batch_size, num_train, num_parts):
@@ -262,6 +283,32 @@ def _check_batch(batch_size, num_train, num_parts):
     if batch_size < num_parts or 0 < tail < num_parts:
         raise UsageError(f"--batch-size {batch_size} leaves a batch of {min(batch_size, tail or batch_size)} "
                          f"samples for {num_parts} devices in all; every device needs at least one")
+
+
+def _pixel_range(ctx, shapes):
+    """(min, max) arrays with which dequantize on ctx turns bytes of these shapes into data.py's floats; or None.
+
+    MXNet's MKLDNN kernel scales the bytes by max / 255.5 and its plain kernel by max / 255: try the max that each
+    needs, and keep the first that gives every byte value's float bit for bit, on the very shapes training uses.
+    """
+    codes = [np.arange(np.prod(shape)).reshape(shape) % 256 for shape in shapes]
+    mkldnn_max = np.float32(255.5) / np.float32(255)
+    for top in (1, mkldnn_max, np.nextafter(mkldnn_max, np.float32(2)), np.nextafter(mkldnn_max, np.float32(0))):
+        low, high = mx.nd.zeros(1, ctx), mx.nd.array([top], ctx)
+        if all(np.array_equal(mx.nd.contrib.dequantize(mx.nd.array(c, ctx, np.uint8), low, high).asnumpy(),
+                              c.astype(np.float32) * data.PIXEL_SCALE) for c in codes):
+            return low, high
+    return None
+
+
+def _gather(dev, idx, batch, exe):
+    """Copy the samples that idx names into exe's inputs, from the data set on the device."""
+    if dev.pixel_range:  # a gather of bytes, then one pass that turns them into floats
+        mx.nd.take(dev.train_x, idx, out=dev.gathered[batch])
+        mx.nd.contrib.dequantize(dev.gathered[batch], *dev.pixel_range, out=exe.arg_dict["data"])
+    else:
+        mx.nd.take(dev.train_x, idx, out=exe.arg_dict["data"])
+    mx.nd.take(dev.train_y, idx, out=exe.arg_dict["softmax_label"])
 
 
 def _sum_grads(run):
@@ -416,12 +463,14 @@ def _check_finite(per_batch, flat_params, epoch):
                        f"{where}; try a smaller --lr. Checkpoints already saved are untouched")
 
 
-def _training_graph(num_hidden, loss_mode):
+def _training_graph(num_hidden, loss_mode, grad_scale=1.0):
     """The bound graph: the network's head, plus the metric as a BlockGrad'ed second output."""
     if loss_mode == "builtin":
-        head = probs = network.get_symbol(NUM_CLASSES, num_hidden)
+        head = probs = network.get_symbol(NUM_CLASSES, num_hidden, grad_scale=grad_scale)
         label = head.get_internals()["softmax_label"]
     elif loss_mode == "manual":
+        if grad_scale != 1.0:
+            raise ValueError("the manual loss's gradient comes from outside the graph: no grad_scale to fold into")
         head = network.get_symbol(NUM_CLASSES, num_hidden, logits=True)
         label, probs = mx.sym.var("softmax_label"), mx.sym.softmax(head, axis=1)
     else:
@@ -481,12 +530,15 @@ def _param_names(symbol):
     return [name for name in symbol.list_arguments() if name not in ("data", "softmax_label")]
 
 
-def _bind(symbol, ctx, batch_size, num_features):
-    """simple_bind the training executor; return it with the flat buffers its parameters and gradients view."""
+def _bind(symbol, ctx, batch_size, num_features, flat=None):
+    """simple_bind a training executor; return it with the flat buffers its parameters and gradients view.
+
+    flat: the (params, grads) buffers of another executor, to share; None makes new ones.
+    """
     shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(data=(batch_size, num_features))[0]))
     names = _param_names(symbol)
     sizes = [int(np.prod(shapes[name])) for name in names]
-    flat_params, flat_grads = mx.nd.zeros(sum(sizes), ctx), mx.nd.zeros(sum(sizes), ctx)
+    flat_params, flat_grads = flat or (mx.nd.zeros(sum(sizes), ctx), mx.nd.zeros(sum(sizes), ctx))
     # One contiguous buffer each for all weights and all gradients: the hand-written update then costs a
     # couple of element-wise ops per step instead of a couple per parameter array.
     views, offset = {}, 0

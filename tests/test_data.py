@@ -20,6 +20,17 @@ def test_loads_gzip_and_raw_files_alike(tmp_path, compress):
     np.testing.assert_allclose(train_x * 255, arrays[0].reshape(1050, 784), atol=1e-3)
     assert train_y.dtype == np.int32 and np.array_equal(train_y, arrays[1])
     assert np.array_equal(test_y, arrays[3])
+    as_bytes = data.load_mnist(str(tmp_path), as_bytes=True)
+    assert np.array_equal(as_bytes[0], arrays[0].reshape(1050, 784)) and as_bytes[0].dtype == np.uint8
+    assert np.array_equal(data.to_floats(as_bytes[2]), test_x) and np.array_equal(as_bytes[3], test_y)
+
+
+def test_pixel_floats_span_0_to_1_within_float32_rounding_of_byte_over_255():
+    pixels = data.to_floats(np.arange(256, dtype=np.uint8))
+    assert pixels.dtype == np.float32 and pixels[0] == 0 and pixels[255] == 1
+    # Two roundings (of 1/255, then of the product): at most two float32 steps from the float64 quotient.
+    assert np.all(np.abs(pixels - np.arange(256) / 255) <= 2 * np.spacing(pixels))
+    assert np.all(np.diff(pixels) > 0)
 
 
 @pytest.mark.parametrize("kind", BAD_DATA)

@@ -34,7 +34,7 @@ def _check(path, reader, raw):
         return
     assert array.ndim == 2 if reader is data._read_images else array.ndim == 1
     if reader is data._read_images:
-        assert array.shape[1] == 784 and array.dtype == np.float32 and 0 <= array.min() and array.max() <= 1
+        assert array.shape[1] == 784 and array.dtype == np.uint8
     else:
         assert array.dtype == np.int32 and (array.size == 0 or 0 <= array.min() and array.max() <= 9)
 

@@ -62,6 +62,34 @@ def test_matches_its_mx_optimizer_step_for_step(name, momentum, wd):
     assert np.abs(ours["fc1_weight"].asnumpy() - start).max() > 1e-3
 
 
+@pytest.mark.parametrize("name, momentum, wd", CASES)
+def test_prescaled_gradients_step_as_mx_optimizer_steps_on_the_raw_ones(name, momentum, wd):
+    rng = np.random.RandomState(3)
+    ours = _arrays(rng)
+    theirs = {key: array.copy() for key, array in ours.items()}
+    lr = 0.01 if name == "adam" else 0.1
+    mine = OPTIMIZERS[name](lr, momentum, wd)
+    kwargs = {"momentum": momentum} if name != "adam" else {}
+    reference = REFERENCE[name](learning_rate=lr, wd=wd, rescale_grad=1 / 32, **kwargs)
+    states = {key: reference.create_state(i, w) for i, (key, w) in enumerate(theirs.items())}
+    # What backward hands over when it folds the factor in: lr / batch for SGD and NAG, 1 / batch for Adam.
+    factor = mine.fixed_scale() / 32
+    assert factor == pytest.approx((1 if name == "adam" else lr) / 32)
+    for _ in range(6):
+        grads = _arrays(rng)
+        mine.update(ours, {key: g * factor for key, g in grads.items()}, rescale_grad=1 / 32, prescaled=True)
+        for i, key in enumerate(theirs):
+            reference.update(i, theirs[key], grads[key], states[key])
+    for key in ours:
+        np.testing.assert_allclose(ours[key].asnumpy(), theirs[key].asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_schedule_leaves_no_fixed_factor_to_fold():
+    schedule = optimizer.lr_schedule("cosine", 0.1, 100)
+    assert SGD(0.1, lr_schedule=schedule).fixed_scale() is None
+    assert OPTIMIZERS["adam"](0.01, lr_schedule=schedule).fixed_scale() == 1.0  # its rate enters after the moments
+
+
 def test_nag_equals_mx_optimizer_nag_where_its_aliasing_does_not_matter():
     rng = np.random.RandomState(2)
     ours = _arrays(rng)

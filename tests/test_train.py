@@ -1,4 +1,5 @@
 """train_mnist.py: binding, initialisation, scoring, the loop end to end, and the command line."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -123,6 +124,42 @@ def test_same_seed_same_numbers_other_seed_other_numbers(synthetic_dir):
     first = figures(7)
     assert figures(7) == first
     assert figures(8) != first
+
+
+def _run(config):
+    return train_mnist._setup(config, lambda line: None)[0]
+
+
+def _trained_params(prefix, config):
+    train_mnist.train(dataclasses.replace(config, model_prefix=prefix, disp_batches=0))
+    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{config.num_epochs:04d}.params").items()}
+
+
+def test_folding_lr_over_batch_into_backward_trains_as_scaling_in_the_update(synthetic_dir, tmp_path):
+    # 1050 samples in batches of 100: the tail batch of 50 needs its own factor, lr / 50.
+    folded = _config(synthetic_dir, num_epochs=2, mom=0.9, wd=1e-3)
+    unfolded = dataclasses.replace(folded, lr_scheduler="step", lr_step_epochs=(99,))  # a schedule: nothing to fold
+    assert _run(folded).prescaled and not _run(unfolded).prescaled
+    ours = _trained_params(str(tmp_path / "folded"), folded)
+    reference = _trained_params(str(tmp_path / "not"), unfolded)
+    for name in ours:
+        np.testing.assert_allclose(ours[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_pixels_as_bytes_on_the_device_train_bit_for_bit_like_floats(synthetic_dir, tmp_path, monkeypatch):
+    config = _config(synthetic_dir, num_epochs=2)
+    dev = _run(config).devices[0]
+    assert dev.pixel_range and dev.train_x.dtype == np.uint8  # this CPU build's dequantize reproduces data.py
+    train_x = data.load_mnist(synthetic_dir)[0]
+    idx = mx.nd.array(np.arange(1000, 1050), dtype=np.int32)  # the tail's share, with its own buffer
+    exe = dev.executors[50]
+    train_mnist._gather(dev, idx, 50, exe)
+    assert np.array_equal(exe.arg_dict["data"].asnumpy(), train_x[1000:])
+    as_bytes = _trained_params(str(tmp_path / "bytes"), config)
+    monkeypatch.setattr(train_mnist, "_pixel_range", lambda ctx, shapes: None)
+    assert _run(config).devices[0].train_x.dtype == np.float32
+    as_floats = _trained_params(str(tmp_path / "floats"), config)
+    assert all(np.array_equal(as_bytes[name], as_floats[name]) for name in as_bytes)
 
 
 @pytest.mark.parametrize("argv, expected", [
