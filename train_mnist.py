@@ -139,7 +139,7 @@ def train(config, log=None, progress=None):
                     raise _interrupt(config, run, opt, history, (epoch, i + 1, epoch_rng), stop.signum)
                 if progress and (i + 1) % config.disp_batches == 0:
                     progress(_progress_figures(run, epoch, i, config.batch_size, tic))
-            per_batch = sum(dev.stats.asnumpy() for dev in run.devices)  # the epoch's one host sync
+            per_batch = sum(dev.stacked_stats().asnumpy() for dev in run.devices)  # the epoch's one host sync
             seconds = time.perf_counter() - tic
             _check_finite(per_batch, first.flat_params, epoch)
             totals, test = _all_workers(run, per_batch.sum(axis=0)), evaluate(run.test_exes, run.num_test)
@@ -180,9 +180,26 @@ class _Device:
     flat_grads: mx.nd.NDArray
     train_x: mx.nd.NDArray     # the training images: uint8 bytes when pixel_range is set, else data.py's floats
     train_y: mx.nd.NDArray
-    stats: mx.nd.NDArray       # one row per batch of the epoch: number correct, summed loss, of this device's shares
+    stats: list                # per batch of the epoch, a (2,) array of this device's share: correct, summed loss
     pixel_range: tuple = None  # (min, max) arrays with which dequantize turns the bytes into data.py's floats
     gathered: dict = None      # global batch size -> uint8 buffer that this device's share of it is gathered into
+    summed: tuple = (0, 0, 0)  # summed_stats' last (epoch, count, sum)
+
+    def stacked_stats(self, stop=None, start=0):
+        """The stats of batches start to stop (to the end if None) as one (stop - start, 2) array."""
+        # One array per batch, not rows of one: reading early batches then waits for those alone, since the
+        # engine orders work per array, and the batches queued after them keep the engine busy meanwhile.
+        return mx.nd.stack(*self.stats[start:stop])
+
+    def summed_stats(self, epoch, count):
+        """The sum of epoch's first count stats, as numpy, reading only the batches that the last call did not."""
+        if self.summed[0] != epoch:
+            self.summed = (epoch, 0, np.zeros(2))
+        _, start, total = self.summed
+        if count > start:
+            total = total + self.stacked_stats(count, start).asnumpy().sum(axis=0)
+        self.summed = (epoch, count, total)
+        return total
 
     @property
     def all_params(self):
@@ -272,8 +289,8 @@ def _device(ctx, symbols, shares, images, labels, num_batches):
         gathered = {batch: mx.nd.zeros((share, images.shape[1]), ctx, np.uint8) for batch, share in shares.items()}
     else:
         train_x, gathered = mx.nd.array(data.to_floats(images), ctx), None
-    return _Device(ctx, executors, params, *flat, train_x, mx.nd.array(labels, ctx), mx.nd.zeros((num_batches, 2), ctx),
-                   pixel_range, gathered)
+    stats = [mx.nd.zeros(2, ctx) for _ in range(num_batches)]
+    return _Device(ctx, executors, params, *flat, train_x, mx.nd.array(labels, ctx), stats, pixel_range, gathered)
 
 
 def _check_batch(batch_size, num_train, num_parts):
@@ -364,7 +381,7 @@ def _trainer_state(config, run, opt, history, in_epoch=None):
         epoch, batches_done, epoch_rng = in_epoch
         # The RNG as the epoch began, so a resume redraws the same shuffle and skips the batches already done.
         state.update(rng=epoch_rng, in_epoch={"epoch": epoch, "batches_done": batches_done,
-                                              "stats": [checkpoint.encode_array(dev.stats[:batches_done])
+                                              "stats": [checkpoint.encode_array(dev.stacked_stats(batches_done))
                                                         for dev in run.devices]})
     return state
 
@@ -389,7 +406,8 @@ def _resume(config, run, opt):
         raise checkpoint.CheckpointError(f"the interrupted run had {len(in_epoch['stats'])} devices, this one "
                                          f"{len(run.devices)}; resume it on as many")
     for dev, stats in zip(run.devices, in_epoch["stats"]):
-        dev.stats[:in_epoch["batches_done"]] = checkpoint.decode_array(stats, dev.ctx)
+        for row, saved in zip(dev.stats[:in_epoch["batches_done"]], checkpoint.decode_array(stats, dev.ctx)):
+            row[:] = saved
     return state["history"], in_epoch["batches_done"]
 
 
@@ -497,11 +515,11 @@ def _optimizer(config, batches_per_epoch):
 def _progress_figures(run, epoch, i, batch_size, tic):
     """Running loss and accuracy of the epoch so far, read two batches behind the one just queued.
 
-    Reading a batch that the engine has not reached would stall Python until the queue drains; two batches
-    behind, the engine still has work queued while Python waits, so the device never idles.
+    Reading the batch just queued would stall Python until the queue drains, and the engine would then idle
+    while Python queues the next batch; two batches behind, the engine still has work while Python waits.
     """
     done = max(i - 1, 1)
-    correct, loss_sum = sum(dev.stats[:done].asnumpy() for dev in run.devices).sum(axis=0)
+    correct, loss_sum = sum(dev.summed_stats(epoch, done) for dev in run.devices)
     # This worker's samples (its metrics are of its own shares); the speed is of all workers together.
     mine = done * sum(end - begin for begin, end in data.shares(batch_size, run.rank, run.num_workers,
                                                                   len(run.devices)))

@@ -94,3 +94,16 @@ def test_progress_lines_every_disp_batches_without_a_terminal(capsys, synthetic_
     assert "\r" not in out
     code, out, _ = run_cli(capsys, "--data-dir", synthetic_dir, "--num-epochs", "1", "--disp-batches", "0")
     assert code == 0 and " batch " not in out
+
+
+def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir):
+    def figures(disp):
+        shown = []
+        train_mnist.train(_config(synthetic_dir, num_epochs=2, batch_size=50, disp_batches=disp), progress=shown.append)
+        return {(f["epoch"], f["batch"]): (f["loss"], f["acc"]) for f in shown}
+    every, fourth = figures(1), figures(4)
+    assert len(every) == 2 * 21 and len(fourth) == 2 * 5
+    for key, value in fourth.items():  # each read sums only the batches new to it, and starts afresh each epoch
+        assert value == pytest.approx(every[key], rel=1e-6)
+    # The first report of epoch 2 is of epoch 2 alone: its one batch read scores better than epoch 1's average.
+    assert every[(2, 1)][0] < every[(1, 21)][0]
