@@ -1,6 +1,7 @@
 """Train an MLP on MNIST by driving MXNet's executor by hand: bind, initialise, forward, backward, update."""
 import argparse
 import dataclasses
+import functools
 import inspect
 import io
 import itertools
@@ -94,6 +95,7 @@ class Config:
 NUM_CLASSES = 10
 # Large enough that the test set is scored in one pass; larger sets are scored in chunks of this size.
 EVAL_CHUNK = 10_000
+_PIXEL_RANGE = ("pixel_min", "pixel_max")  # inputs of a graph that takes its pixels as bytes
 
 
 class UsageError(Exception):
@@ -128,7 +130,8 @@ def train(config, log=None, progress=None):
                 batch = min(config.batch_size, num_train - i * config.batch_size)
                 for dev, idx in zip(run.devices, shares):                 # each device: its share of the batch
                     exe = dev.executors[batch]
-                    _gather(dev, idx, batch, exe)                         # the share's samples, gathered on the device
+                    mx.nd.take(dev.train_x, idx, out=exe.arg_dict["data"])  # gather on the device
+                    mx.nd.take(dev.train_y, idx, out=exe.arg_dict["softmax_label"])
                     exe.forward(is_train=True)                            # forward
                     exe.backward(head_grads(exe))                         # backward: gradients summed over the share
                     exe.outputs[1].copyto(dev.stats[i])                   # measure on the device: no per-batch sync
@@ -181,8 +184,7 @@ class _Device:
     train_x: mx.nd.NDArray     # the training images: uint8 bytes when pixel_range is set, else data.py's floats
     train_y: mx.nd.NDArray
     stats: list                # per batch of the epoch, a (2,) array of this device's share: correct, summed loss
-    pixel_range: tuple = None  # (min, max) arrays with which dequantize turns the bytes into data.py's floats
-    gathered: dict = None      # global batch size -> uint8 buffer that this device's share of it is gathered into
+    pixel_range: tuple = None  # (min, max) arrays with which the graph's dequantize makes data.py's floats of bytes
     summed: tuple = (0, 0, 0)  # summed_stats' last (epoch, count, sum)
 
     def stacked_stats(self, stop=None, start=0):
@@ -256,17 +258,17 @@ def _setup(config, log):
     # saves the update a pass over every parameter; the manual loss's gradient is made outside the graph.
     fold = opt.fixed_scale() if config.loss == "builtin" else None
     batches = [batch for batch in (config.batch_size, len(train_x) % config.batch_size) if batch]
-    symbols = {batch: _training_graph(config.num_hidden, config.loss, fold / batch if fold is not None else 1.0)
-               for batch in batches}
+    scales = {batch: fold / batch if fold is not None else 1.0 for batch in batches}
+    graph = functools.partial(_training_graph, config.num_hidden, config.loss)
     devices = []
     for d, ctx in enumerate(contexts):
         # This device's share of each batch size: of a full batch, and of the short last one if any.
         shares = {batch: end - begin for batch in batches
                   for begin, end in [data.shares(batch, rank, num_workers, len(contexts))[d]]}
-        devices.append(_device(ctx, symbols, shares, train_x, train_y, num_batches))
+        devices.append(_device(ctx, graph, scales, shares, train_x, train_y, num_batches))
     _init_params(devices[0].params, rng)
     ctx = contexts[0]
-    test_exes = _bind_eval(symbols[batches[0]], ctx, devices[0].params, mx.nd.array(data.to_floats(test_x), ctx),
+    test_exes = _bind_eval(graph(), ctx, devices[0].params, mx.nd.array(data.to_floats(test_x), ctx),
                            mx.nd.array(test_y, ctx))
     if kv:
         kv.init(_GRADS, devices[0].flat_grads)
@@ -275,22 +277,19 @@ def _setup(config, log):
                 num_batches, rng, kv, rank, num_workers, prescaled=fold is not None), opt
 
 
-def _device(ctx, symbols, shares, images, labels, num_batches):
-    """Bind ctx's executor for each batch size (symbols, shares: batch size -> graph, share) and upload the data."""
-    executors, flat = {}, None
-    for batch, symbol in symbols.items():  # all over the same flat parameter and gradient buffers
-        executors[batch], *flat = _bind(symbol, ctx, shares[batch], images.shape[1], flat)
-    params = {name: executors[batch].arg_dict[name] for name in _param_names(symbol)}
+def _device(ctx, graph, scales, shares, images, labels, num_batches):
+    """Upload the data to ctx and bind an executor per batch size (scales, shares: batch size -> grad_scale, share)."""
     # The whole data set lives on the device, so each batch is a device-side gather, not a host copy. As bytes
     # it is a quarter of the memory to gather from, when dequantize on ctx reproduces data.py's floats.
     pixel_range = _pixel_range(ctx, [(share, images.shape[1]) for share in shares.values()])
-    if pixel_range:
-        train_x = mx.nd.array(images, ctx, np.uint8)
-        gathered = {batch: mx.nd.zeros((share, images.shape[1]), ctx, np.uint8) for batch, share in shares.items()}
-    else:
-        train_x, gathered = mx.nd.array(data.to_floats(images), ctx), None
+    train_x = mx.nd.array(images, ctx, np.uint8) if pixel_range else mx.nd.array(data.to_floats(images), ctx)
+    executors, flat = {}, None
+    for batch, scale in scales.items():  # all over the same flat parameter and gradient buffers
+        symbol = graph(scale, pixel_bytes=pixel_range is not None)
+        executors[batch], *flat = _bind(symbol, ctx, shares[batch], images.shape[1], flat, pixel_range)
+    params = {name: executors[batch].arg_dict[name] for name in _param_names(symbol)}
     stats = [mx.nd.zeros(2, ctx) for _ in range(num_batches)]
-    return _Device(ctx, executors, params, *flat, train_x, mx.nd.array(labels, ctx), stats, pixel_range, gathered)
+    return _Device(ctx, executors, params, *flat, train_x, mx.nd.array(labels, ctx), stats, pixel_range)
 
 
 def _check_batch(batch_size, num_train, num_parts):
@@ -316,16 +315,6 @@ def _pixel_range(ctx, shapes):
                               c.astype(np.float32) * data.PIXEL_SCALE) for c in codes):
             return low, high
     return None
-
-
-def _gather(dev, idx, batch, exe):
-    """Copy the samples that idx names into exe's inputs, from the data set on the device."""
-    if dev.pixel_range:  # a gather of bytes, then one pass that turns them into floats
-        mx.nd.take(dev.train_x, idx, out=dev.gathered[batch])
-        mx.nd.contrib.dequantize(dev.gathered[batch], *dev.pixel_range, out=exe.arg_dict["data"])
-    else:
-        mx.nd.take(dev.train_x, idx, out=exe.arg_dict["data"])
-    mx.nd.take(dev.train_y, idx, out=exe.arg_dict["softmax_label"])
 
 
 def _sum_grads(run):
@@ -481,8 +470,11 @@ def _check_finite(per_batch, flat_params, epoch):
                        f"{where}; try a smaller --lr. Checkpoints already saved are untouched")
 
 
-def _training_graph(num_hidden, loss_mode, grad_scale=1.0):
-    """The bound graph: the network's head, plus the metric as a BlockGrad'ed second output."""
+def _training_graph(num_hidden, loss_mode, grad_scale=1.0, pixel_bytes=False):
+    """The bound graph: the network's head, plus the metric as a BlockGrad'ed second output.
+
+    pixel_bytes: data comes in as uint8 bytes, which the graph dequantizes with inputs pixel_min and pixel_max.
+    """
     if loss_mode == "builtin":
         head = probs = network.get_symbol(NUM_CLASSES, num_hidden, grad_scale=grad_scale)
         label = head.get_internals()["softmax_label"]
@@ -494,7 +486,11 @@ def _training_graph(num_hidden, loss_mode, grad_scale=1.0):
     else:
         raise ValueError(f"unknown loss mode {loss_mode!r}")
     # The metric runs inside the bound graph, so it costs no extra dispatch per batch.
-    return mx.sym.Group([head, mx.sym.BlockGrad(metrics.batch_metrics(mx.sym, probs, label))])
+    graph = mx.sym.Group([head, mx.sym.BlockGrad(metrics.batch_metrics(mx.sym, probs, label))])
+    if not pixel_bytes:
+        return graph
+    pixels = mx.sym.contrib.dequantize(mx.sym.var("data", dtype=np.uint8), *map(mx.sym.var, _PIXEL_RANGE))
+    return graph(data=pixels)
 
 
 def _head_grads(loss_mode):
@@ -545,15 +541,18 @@ def _plot(config, run, history, log):
 
 
 def _param_names(symbol):
-    return [name for name in symbol.list_arguments() if name not in ("data", "softmax_label")]
+    return [name for name in symbol.list_arguments() if name not in ("data", "softmax_label", *_PIXEL_RANGE)]
 
 
-def _bind(symbol, ctx, batch_size, num_features, flat=None):
+def _bind(symbol, ctx, batch_size, num_features, flat=None, pixel_range=None):
     """simple_bind a training executor; return it with the flat buffers its parameters and gradients view.
 
     flat: the (params, grads) buffers of another executor, to share; None makes new ones.
+    pixel_range: the (min, max) arrays that a pixel_bytes graph dequantizes its data with.
     """
-    shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(data=(batch_size, num_features))[0]))
+    ranges = dict(zip(_PIXEL_RANGE, pixel_range or ()))
+    inputs = dict(data=(batch_size, num_features), softmax_label=(batch_size,), **{k: (1,) for k in ranges})
+    shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(**inputs)[0]))
     names = _param_names(symbol)
     sizes = [int(np.prod(shapes[name])) for name in names]
     flat_params, flat_grads = flat or (mx.nd.zeros(sum(sizes), ctx), mx.nd.zeros(sum(sizes), ctx))
@@ -565,8 +564,8 @@ def _bind(symbol, ctx, batch_size, num_features, flat=None):
         views["grad of " + name] = flat_grads[offset:offset + size].reshape(shapes[name])  # simple_bind's key
         offset += size
     grad_req = {name: "write" if name in names else "null" for name in shapes}  # no input gradient
-    exe = symbol.simple_bind(ctx, grad_req=grad_req, shared_buffer=views,
-                             data=(batch_size, num_features), softmax_label=(batch_size,))
+    exe = symbol.simple_bind(ctx, grad_req=grad_req, shared_buffer=dict(views, **ranges),
+                             type_dict={"data": np.uint8} if ranges else None, **inputs)
     return exe, flat_params, flat_grads
 
 
