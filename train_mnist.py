@@ -254,8 +254,8 @@ def _setup(config, log):
     rng = np.random.RandomState(config.seed)
     num_batches = -(-len(train_x) // config.batch_size)
     opt = _optimizer(config, num_batches)
-    # Backward then multiplies the loss gradient by the update's constant factor (lr / batch for SGD), which
-    # saves the update a pass over every parameter; the manual loss's gradient is made outside the graph.
+    # Backward can multiply the loss gradient by the update's constant factor (lr / batch for SGD) for free,
+    # which saves the update a pass over every parameter; not so the manual loss, made outside the graph.
     fold = opt.fixed_scale() if config.loss == "builtin" else None
     batches = [batch for batch in (config.batch_size, len(train_x) % config.batch_size) if batch]
     scales = {batch: fold / batch if fold is not None else 1.0 for batch in batches}
@@ -556,8 +556,8 @@ def _bind(symbol, ctx, batch_size, num_features, flat=None, pixel_range=None):
     names = _param_names(symbol)
     sizes = [int(np.prod(shapes[name])) for name in names]
     flat_params, flat_grads = flat or (mx.nd.zeros(sum(sizes), ctx), mx.nd.zeros(sum(sizes), ctx))
-    # One contiguous buffer each for all weights and all gradients: the hand-written update then costs a
-    # couple of element-wise ops per step instead of a couple per parameter array.
+    # One contiguous buffer each for all weights and all gradients: the hand-written update then costs one or
+    # two element-wise ops per step instead of one or two per parameter array.
     views, offset = {}, 0
     for name, size in zip(names, sizes):
         views[name] = flat_params[offset:offset + size].reshape(shapes[name])
