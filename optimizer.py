@@ -1,6 +1,8 @@
 """Hand-written optimizers for any set of parameters, each the update rule of its mx.optimizer namesake.
 
 Adding one means one subclass of Optimizer here: it registers itself under its `name` for --optimizer.
+If its step multiplies the gradient by a factor that never changes, its fixed_scale() says so, and the trainer
+then folds that factor into the backward pass.
 """
 import math
 
@@ -40,7 +42,7 @@ class Optimizer:
 
     def fixed_scale(self):
         """The factor by which every step multiplies rescale_grad * gradient, if it never changes; else None."""
-        return None if self.lr_schedule else self.learning_rate
+        return None  # no promise: the trainer then leaves all scaling to step()
 
     def new_state(self, weight):
         """The zeroed state arrays one parameter needs."""
@@ -65,6 +67,9 @@ class SGD(Optimizer):
     """mx.optimizer.SGD: v = mom * v - lr * (rescale * g + wd * w); w += v (w -= that step if mom is 0)."""
 
     name = "sgd"
+
+    def fixed_scale(self):
+        return None if self.lr_schedule else self.learning_rate
 
     def new_state(self, weight):
         return [mx.nd.zeros_like(weight)] if self.momentum else []

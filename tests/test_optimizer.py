@@ -151,3 +151,16 @@ def test_every_optimizer_is_registered_by_name():
 def test_bad_hyperparameters_are_rejected(name, lr, momentum, wd):
     with pytest.raises(ValueError):
         OPTIMIZERS[name](lr, momentum, wd)
+
+
+def test_an_optimizer_that_promises_no_fixed_factor_gets_none_folded():
+    class Plain(optimizer.Optimizer):
+        name = "plain-for-this-test"
+
+        def step(self, weight, grad, state, lr, rescale_grad):
+            weight -= self.scaled_gradient(weight, grad, lr, rescale_grad)
+
+    try:
+        assert Plain(0.1).fixed_scale() is None
+    finally:
+        del OPTIMIZERS[Plain.name]
