@@ -287,6 +287,7 @@ def _device(ctx, graph, scales, shares, images, labels, num_batches):
     for batch, scale in scales.items():  # all over the same flat parameter and gradient buffers
         symbol = graph(scale, pixel_bytes=pixel_range is not None)
         executors[batch], *flat = _bind(symbol, ctx, shares[batch], images.shape[1], flat, pixel_range)
+    # Every executor's parameters are views of the same flat buffer, so the last one bound names them all.
     params = {name: executors[batch].arg_dict[name] for name in _param_names(symbol)}
     stats = [mx.nd.zeros(2, ctx) for _ in range(num_batches)]
     return _Device(ctx, executors, params, *flat, train_x, mx.nd.array(labels, ctx), stats, pixel_range)
