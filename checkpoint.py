@@ -1,96 +1,190 @@
-"""Checkpoints in MXNet's own format, plus a JSON sidecar with what an exact resume needs."""
-import base64
+"""Checkpoints as one unit: MXNet's own files, the resume sidecar, and a manifest written last.
+
+A checkpoint of epoch 7 is PREFIX-symbol.json and PREFIX-0007.params, as mx.model.save_checkpoint writes
+them (so mx.model.load_checkpoint, Module and SymbolBlock.imports read them), PREFIX-0007.state.json, what an
+exact resume needs, and PREFIX-0007.manifest.json, the SHA-256 of the other three. The manifest is written
+last, so a checkpoint without one, or whose files do not match it, is torn: it is never loaded. One saved
+mid-epoch on a signal is PREFIX-interrupted-0009-000123.*: epoch 9, 123 batches done.
+"""
 import json
 import os
-import secrets
+import re
 
 import mxnet as mx
-import numpy as np
+
+import files
+from errors import RunError
+
+FORMAT = 1
+_MAX_JSON = 64 << 20   # a sidecar holds the optimizer state as base64: 2 copies of 109k floats are 1.2 MB
+_MAX_MANIFEST = 1 << 16
+_NAME = re.compile(r"^(?:(\d{4,})|interrupted-(\d{4,})-(\d{6,}))\.manifest\.json$")
 
 
-class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable or does not fit the configured network; one line."""
+class CheckpointError(RunError):
+    """A checkpoint that is missing, torn, or does not fit this run; one line."""
 
 
-INTERRUPTED = "interrupted"  # the epoch tag of the checkpoint saved mid-epoch on a signal
+class Tag:
+    """Which checkpoint: after epoch `epoch`, or (interrupted) in epoch `epoch` after `batches` batches."""
+
+    def __init__(self, epoch, batches=None):
+        self.epoch, self.batches = epoch, batches
+
+    @property
+    def interrupted(self):
+        return self.batches is not None
+
+    def stem(self, prefix):
+        if self.interrupted:
+            return f"{prefix}-interrupted-{self.epoch:04d}-{self.batches:06d}"
+        return f"{prefix}-{self.epoch:04d}"
+
+    def order(self):
+        """Sorts checkpoints by the training they hold: interrupted in epoch 9 comes after 8 and before 9."""
+        return (self.epoch, 0, self.batches) if self.interrupted else (self.epoch, 1, 0)
+
+    def __eq__(self, other):
+        return isinstance(other, Tag) and self.order() == other.order()
+
+    def __hash__(self):
+        return hash(self.order())
+
+    def __repr__(self):
+        return f"Tag({self.epoch}, {self.batches})"
 
 
-def paths(prefix, epoch):
-    """Return the symbol, params and sidecar paths, named as mx.model.save_checkpoint does; epoch may be INTERRUPTED."""
-    stem = f"{prefix}-{epoch}" if epoch == INTERRUPTED else f"{prefix}-{epoch:04d}"
-    return f"{prefix}-symbol.json", f"{stem}.params", f"{stem}.state.json"
+def paths(prefix, tag):
+    """The symbol, params, sidecar and manifest paths of tag."""
+    stem = tag.stem(prefix)
+    return {"symbol": f"{prefix}-symbol.json", "params": f"{stem}.params", "state": f"{stem}.state.json",
+            "manifest": f"{stem}.manifest.json"}
 
 
-def save(prefix, epoch, symbol, params, trainer_state):
-    """Write symbol, params (arg: keys) and sidecar, each atomically; the params file is written last."""
-    symbol_path, params_path, state_path = paths(prefix, epoch)
-    write_atomic(symbol_path, lambda tmp: symbol.save(tmp))
-    write_atomic(state_path, lambda tmp: _write_json(tmp, trainer_state))
-    # Written last, so a params file whose sidecar is missing never exists: loading one finds both.
-    write_atomic(params_path, lambda tmp: mx.nd.save(tmp, {f"arg:{name}": value for name, value in params.items()}))
+def save(prefix, tag, symbol, params, state):
+    """Write the checkpoint's files, each atomically, then its manifest: the unit is complete only then."""
+    where = paths(prefix, tag)
+    symbol_json = symbol.tojson().encode()
+    if _read_or_none(where["symbol"]) != symbol_json:
+        files.write_bytes(where["symbol"], symbol_json)
+    files.write_atomic(where["params"], lambda tmp: mx.nd.save(tmp, {f"arg:{k}": v for k, v in params.items()}))
+    files.write_bytes(where["state"], json.dumps(state).encode())
+    manifest = {"format": FORMAT, "epoch": tag.epoch, "batches": tag.batches,
+                "files": {kind: {"name": os.path.basename(where[kind]), "bytes": os.path.getsize(where[kind]),
+                                 "sha256": files.sha256(where[kind], _limit(kind))}
+                          for kind in ("symbol", "params", "state")}}
+    files.write_bytes(where["manifest"], json.dumps(manifest, indent=1).encode())
 
 
-def load(prefix, epoch, params):
-    """Copy the saved weights into params (name -> NDArray) and return the sidecar's trainer state."""
-    _, params_path, state_path = paths(prefix, epoch)
-    for path in (params_path, state_path):
+def listing(prefix):
+    """Every checkpoint of prefix that has a manifest, oldest first, as Tags."""
+    folder, base = os.path.split(os.path.abspath(prefix))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    tags = []
+    for name in names:
+        if name.startswith(base + "-"):
+            match = _NAME.match(name[len(base) + 1:])
+            if match:
+                epoch, in_epoch, batches = match.groups()
+                tags.append(Tag(int(epoch)) if epoch else Tag(int(in_epoch), int(batches)))
+    return sorted(tags, key=Tag.order)
+
+
+def leftovers(prefix):
+    """Files of prefix's checkpoints that no manifest covers: those of a save that was cut short."""
+    folder, base = os.path.split(os.path.abspath(prefix))
+    covered = {os.path.basename(p) for tag in listing(prefix) for p in paths(prefix, tag).values()}
+    pattern = re.compile(re.escape(base) + r"-(\d{4,}|interrupted-\d{4,}-\d{6,})\.(params|state\.json)$")
+    try:
+        return sorted(os.path.join(folder, n) for n in os.listdir(folder) if pattern.match(n) and n not in covered)
+    except OSError:
+        return []
+
+
+def verify(prefix, tag):
+    """Raise CheckpointError unless tag's manifest is sound and its three files match it byte for byte."""
+    where = paths(prefix, tag)
+    manifest = _read_json(where["manifest"], _MAX_MANIFEST)
+    try:
+        ok = (manifest["format"] == FORMAT and manifest["epoch"] == tag.epoch and manifest["batches"] == tag.batches
+              and all(isinstance(manifest["files"][k][f], t) for k in ("symbol", "params", "state")
+                      for f, t in (("name", str), ("bytes", int), ("sha256", str))))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{where['manifest']} is not a manifest of this checkpoint")
+    for kind in ("symbol", "params", "state"):
+        entry, path = manifest["files"][kind], where[kind]
+        if entry["name"] != os.path.basename(path):
+            raise CheckpointError(f"{where['manifest']} names {entry['name']}, not {os.path.basename(path)}")
         if not os.path.isfile(path):
-            raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        saved = mx.nd.load(params_path)
-    except mx.base.MXNetError:
-        raise CheckpointError(f"{params_path} is not a readable MXNet params file") from None
-    try:
-        with open(state_path) as f:
-            state = json.load(f)
-    except ValueError:
-        raise CheckpointError(f"{state_path} is not valid JSON") from None
+            raise CheckpointError(f"{path} is missing: the checkpoint is torn")
+        if os.path.getsize(path) != entry["bytes"] or files.sha256(path, _limit(kind)) != entry["sha256"]:
+            raise CheckpointError(f"{path} does not match its manifest: the checkpoint is torn")
+
+
+def load(prefix, tag, params):
+    """Verify tag, copy its weights into params (name -> NDArray) and return its sidecar's contents."""
+    verify(prefix, tag)
+    where = paths(prefix, tag)
     expected = {f"arg:{name}": array.shape for name, array in params.items()}
+    # The params file is bounded by what the configured network holds, before MXNet reads it whole.
+    need = sum(4 * _size(shape) for shape in expected.values()) + 64 * len(expected) + 1024
+    if os.path.getsize(where["params"]) > need:
+        raise CheckpointError(f"{where['params']} holds more than the configured network: "
+                              f"{os.path.getsize(where['params']):,} bytes for {need:,}")
+    try:
+        saved = mx.nd.load(where["params"])
+    except mx.base.MXNetError:
+        raise CheckpointError(f"{where['params']} is not a readable MXNet params file") from None
     found = {key: value.shape for key, value in saved.items()} if isinstance(saved, dict) else {}
     if found != expected:
-        raise CheckpointError(f"{params_path} holds {_describe(found)}, but the configured network has "
+        raise CheckpointError(f"{where['params']} holds {_describe(found)}, but the configured network has "
                               f"{_describe(expected)}")
     for name, array in params.items():
         array[:] = saved[f"arg:{name}"]
-    return state
+    return _read_json(where["state"], _MAX_JSON)
 
 
-def encode_array(array):
-    """An NDArray as JSON-safe text, bit for bit."""
-    value = array.asnumpy()
-    return {"dtype": str(value.dtype), "shape": list(value.shape),
-            "data": base64.b64encode(value.tobytes()).decode("ascii")}
+def remove(prefix, tag):
+    """Delete tag's files (manifest first, so that a cut-short removal leaves a torn checkpoint, not a false one)."""
+    where = paths(prefix, tag)
+    for kind in ("manifest", "params", "state"):
+        try:
+            os.unlink(where[kind])
+        except FileNotFoundError:
+            pass
 
 
-def decode_array(encoded, ctx):
-    """The inverse of encode_array, on ctx."""
-    raw = base64.b64decode(encoded["data"])
-    return mx.nd.array(np.frombuffer(raw, dtype=encoded["dtype"]).reshape(encoded["shape"]), ctx=ctx,
-                       dtype=encoded["dtype"])
+def _limit(kind):
+    return (4 << 30) if kind == "params" else _MAX_JSON
+
+
+def _size(shape):
+    size = 1
+    for dim in shape:
+        size *= dim
+    return size
+
+
+def _read_or_none(path):
+    try:
+        return files.read_bounded(path, _MAX_JSON)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_json(path, limit):
+    try:
+        return json.loads(files.read_bounded(path, limit))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}".splitlines()[0]) from None
 
 
 def _describe(shapes):
     return ", ".join(f"{key[4:]} {tuple(shape)}" for key, shape in sorted(shapes.items())) or "nothing"
-
-
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f)
-
-
-def write_atomic(path, write):
-    """Run write(tmp) on a temporary file beside path, flush it to disk, then rename it over path."""
-    # The same folder, so the rename is atomic: a crash at any moment leaves the old file or the new one, never a
-    # torn one. Created with open(), not mkstemp, so the file gets the usual permissions rather than owner-only.
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    open(tmp, "xb").close()
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -1,68 +1,31 @@
-"""MNIST: find or download the four IDX files, validate them, and batch them on the device."""
+"""MNIST as MXNet data iterators: the project's own, resident on the device, or MXNet's C++ MNISTIter."""
+import atexit
 import gzip
-import hashlib
-import http.client
 import os
-import struct
+import shutil
 import tempfile
-import urllib.request
-import zlib
 
 import mxnet as mx
 import numpy as np
 
-FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+import mnist_files
+from mnist_files import DataError  # noqa: F401 (re-exported: the error every data problem raises)
 
-# SHA-256 of each file's decompressed bytes, so a re-gzipped copy still verifies.
-SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-
-# Tried in order; each serves FILES[i] + ".gz".
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/dataset/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-
-_IMAGE_MAGIC, _LABEL_MAGIC = 0x00000803, 0x00000801
-_ROWS = _COLS = 28
-_NUM_CLASSES = 10
-_TIMEOUT_S = 30
 # A pixel's float is its byte times this: one rounding, as dequantize computes it from the byte on a device.
 PIXEL_SCALE = np.float32(1) / np.float32(255)
+# Large enough that the test set is scored in one pass; larger sets are scored in chunks of this size.
+EVAL_CHUNK = 10_000
 
 
-class DataError(Exception):
-    """A data problem the user can fix; its message is one line."""
-
-
-def load_mnist(data_dir=None, mirrors=MIRRORS, progress=None, as_bytes=False):
+def load_mnist(data_dir=None, mirrors=mnist_files.MIRRORS, progress=None, as_bytes=False):
     """Return train_images, train_labels, test_images, test_labels as (N, 784) float32 in [0, 1] and int32.
 
     as_bytes: the images as their uint8 pixel bytes instead, which to_floats() turns into those floats.
     """
-    folder = _resolve_folder(data_dir, mirrors, progress)
-    train_images = _read_images(_find(folder, FILES[0]))
-    train_labels = _read_labels(_find(folder, FILES[1]))
-    test_images = _read_images(_find(folder, FILES[2]))
-    test_labels = _read_labels(_find(folder, FILES[3]))
-    for split, images, labels in (("train", train_images, train_labels), ("t10k", test_images, test_labels)):
-        if len(images) != len(labels):
-            raise DataError(f"{folder}: {split} images hold {len(images)} samples but {split} labels hold "
-                            f"{len(labels)}; the two files come from different splits")
+    train_x, train_y, test_x, test_y = mnist_files.read_mnist(data_dir, mirrors, progress)
     if not as_bytes:
-        train_images, test_images = to_floats(train_images), to_floats(test_images)
-    return train_images, train_labels, test_images, test_labels
+        train_x, test_x = to_floats(train_x), to_floats(test_x)
+    return train_x, train_y, test_x, test_y
 
 
 def to_floats(images):
@@ -70,18 +33,63 @@ def to_floats(images):
     return images.astype(np.float32) * PIXEL_SCALE
 
 
-def epoch_batches(num_samples, batch_size, contexts, rng=None, worker=0, num_workers=1):
-    """Yield, per global batch, one index array per context: its part of this worker's share of the batch.
+def mnist_iters(arrays, batch_size, contexts, sample_shape, rng, part_index=0, num_parts=1, pixel_bytes=False):
+    """The training and test MNISTIters over load_mnist(as_bytes=True)'s arrays, on every context.
 
-    The whole epoch's order (shuffled by rng if given) is the same on every worker, so the workers together,
-    and the contexts of each, cover every global batch exactly once; the last batch may be short.
+    The training set is shuffled by rng each epoch and split into num_parts; pixel_bytes keeps its pixels
+    as bytes (a graph that takes bytes must then dequantize them). The test set is float32, in order.
     """
-    order = rng.permutation(num_samples) if rng is not None else np.arange(num_samples)
-    # One upload per context per epoch; each batch is then a view, gathered on the device by the caller.
-    orders = [mx.nd.array(order, ctx=ctx, dtype=np.int32) for ctx in contexts]
-    for start in range(0, num_samples, batch_size):
-        parts = shares(min(batch_size, num_samples - start), worker, num_workers, len(contexts))
-        yield [order_on[start + begin:start + end] for order_on, (begin, end) in zip(orders, parts)]
+    train_x, train_y, test_x, test_y = arrays
+    train = MNISTIter(train_x if pixel_bytes else to_floats(train_x), train_y, batch_size, contexts, sample_shape,
+                      rng, part_index, num_parts)
+    test = MNISTIter(to_floats(test_x), test_y, min(EVAL_CHUNK, len(test_x)), contexts, sample_shape)
+    return train, test
+
+
+def bound_shapes(num_samples, batch_size, part_index, num_parts, num_contexts, sample_shape):
+    """The data shapes that training binds for these samples: each context's share of full and last batches."""
+    batches = {batch_size, num_samples % batch_size} - {0}
+    return sorted({(end - begin, *sample_shape) for batch in batches
+                   for begin, end in shares(batch, part_index, num_parts, num_contexts)})
+
+
+def batches_per_epoch(train_iter):
+    """How many batches train_iter yields per epoch (counted by a pass over it if it cannot say)."""
+    if isinstance(train_iter, MNISTIter):
+        return -(-train_iter.num_samples // train_iter.global_batch)
+    if isinstance(train_iter, mx.io.NDArrayIter):
+        return -(-train_iter.num_data // train_iter.batch_size)
+    train_iter.reset()
+    count = sum(1 for _ in train_iter)
+    train_iter.reset()
+    return count
+
+
+def mxnet_iters(data_dir, batch_size, data_shape, seed, part_index=0, num_parts=1, progress=None):
+    """MXNet's own C++ mx.io.MNISTIter over the same files (it reads them uncompressed), and its test iterator."""
+    mnist_files.read_mnist(data_dir, progress=progress)  # every file checked, and fetched if need be, first
+    folder = _raw_copies(data_dir)
+    flat = len(data_shape) == 1
+    common = dict(batch_size=batch_size, flat=flat, silent=True)
+    train = mx.io.MNISTIter(image=os.path.join(folder, mnist_files.FILES[0]),
+                            label=os.path.join(folder, mnist_files.FILES[1]), shuffle=True, seed=seed,
+                            num_parts=num_parts, part_index=part_index, **common)
+    test = mx.io.MNISTIter(image=os.path.join(folder, mnist_files.FILES[2]),
+                           label=os.path.join(folder, mnist_files.FILES[3]), shuffle=False, **common)
+    return train, test
+
+
+def _raw_copies(data_dir):
+    """A private folder with the four files uncompressed, as mx.io.MNISTIter reads them; removed at exit."""
+    source = data_dir or os.environ.get("MNIST_DIR") or mnist_files.default_cache_dir()
+    folder = tempfile.mkdtemp(prefix="mnist-raw-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for name in mnist_files.FILES:
+        path = mnist_files.locate(source, name)
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as src, \
+                open(os.path.join(folder, name), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return folder
 
 
 def shares(batch, worker, num_workers, num_contexts):
@@ -100,132 +108,96 @@ def _even(total, parts):
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def default_cache_dir():
-    """MXNet's own dataset cache: $MXNET_HOME/datasets/mnist, with ~/.mxnet as MXNET_HOME's default."""
-    home = os.environ.get("MXNET_HOME") or os.path.join(os.path.expanduser("~"), ".mxnet")
-    return os.path.join(home, "datasets", "mnist")
+class MNISTIter(mx.io.DataIter):
+    """A DataIter over arrays held on every device, in batches that gather their rows on the device.
+
+    Each epoch (reset) draws a new order from rng; without rng the order is the arrays' own. With several
+    parts (dist_sync workers), each global batch of batch_size is split between the parts, and this iterator
+    yields part part_index's share of each. The last batch is padded, as NDArrayIter pads it, by wrapping.
+    """
+
+    def __init__(self, images, labels, batch_size, contexts=None, data_shape=None, rng=None, part_index=0,
+                 num_parts=1, data_name="data", label_name="softmax_label"):
+        share, _ = _part(batch_size, part_index, num_parts)
+        super().__init__(share)
+        contexts = contexts or [mx.cpu()]
+        shape = tuple(data_shape or images.shape[1:])
+        self.contexts, self.rng, self.global_batch = contexts, rng, batch_size
+        self.part_index, self.num_parts, self.num_samples = part_index, num_parts, len(images)
+        # The whole set lives on each device, so each batch is a device-side gather, not a host copy.
+        self.images = [mx.nd.array(images.reshape(-1, *shape), ctx, images.dtype) for ctx in contexts]
+        self.labels = [mx.nd.array(labels, ctx) for ctx in contexts]
+        self.provide_data = [mx.io.DataDesc(data_name, (share, *shape), images.dtype)]
+        self.provide_label = [mx.io.DataDesc(label_name, (share,), np.float32)]
+        self.orders, self.cursor = None, 0
+
+    def reset(self):
+        order = self.rng.permutation(self.num_samples) if self.rng is not None else np.arange(self.num_samples)
+        # One upload per device per epoch; each batch is then a slice of it, gathered on the device.
+        self.orders = [mx.nd.array(order, ctx, np.int32) for ctx in self.contexts]
+        self.cursor = 0
+
+    def next(self):
+        if self.orders is None:
+            self.reset()
+        if self.cursor >= self.num_samples:
+            raise StopIteration
+        size = min(self.global_batch, self.num_samples - self.cursor)
+        count, offset = _part(size, self.part_index, self.num_parts)
+        batch = MNISTBatch(self, self.cursor + offset, count, size)
+        self.cursor += size
+        return batch
 
 
-def _resolve_folder(data_dir, mirrors, progress):
-    # A folder the user named is theirs: read it, never write to it. Only the cache is downloaded into.
-    explicit = data_dir or os.environ.get("MNIST_DIR")
-    if explicit:
-        if not os.path.isdir(explicit):
-            raise DataError(f"data folder {explicit} is not a folder")
-        missing = [name for name in FILES if _existing(explicit, name) is None]
-        if missing:
-            raise DataError(_missing_message(explicit, missing))
-        return explicit
-    folder = default_cache_dir()
-    missing = [name for name in FILES if _existing(folder, name) is None]
-    if missing:
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as err:
-            raise DataError(f"cannot create the MNIST cache folder {folder}: {err.strerror}") from None
-        for name in missing:
-            _download(name, folder, mirrors, progress)
-    return folder
+def _part(batch, part_index, num_parts):
+    """(size, offset) of one part's share of a global batch."""
+    (begin, end), = shares(batch, part_index, num_parts, 1)
+    return end - begin, begin
 
 
-def _missing_message(folder, missing):
-    return (f"MNIST files missing from {folder}: {', '.join(n + '[.gz]' for n in missing)}; put the four files "
-            f"{', '.join(FILES)} (raw or .gz) there, or point --data-dir / MNIST_DIR at a folder that has them")
+class MNISTBatch(mx.io.DataBatch):
+    """One batch of an MNISTIter: rows start to start + count of the epoch's order.
 
+    global_size: the samples in this batch over all parts. gather_into() puts some of the rows into a device's
+    own arrays; data and label gather the whole padded batch on the first device, when first read.
+    """
 
-def _existing(folder, name):
-    for candidate in (name, name + ".gz"):
-        path = os.path.join(folder, candidate)
-        if os.path.isfile(path):
-            return path
-    return None
+    def __init__(self, source, start, count, global_size):
+        self.source, self.start, self.count, self.global_size = source, start, count, global_size
+        self._data = self._label = None
+        super().__init__(None, None, pad=source.batch_size - count, provide_data=source.provide_data,
+                         provide_label=source.provide_label)
 
+    def gather_into(self, device, begin, end, data_out, label_out):
+        """Gather rows begin to end of this batch on the source's device number device, into the two arrays."""
+        source = self.source
+        rows = source.orders[device][self.start + begin:self.start + end]
+        mx.nd.take(source.images[device], rows, out=data_out)
+        mx.nd.take(source.labels[device], rows, out=label_out)
 
-def _find(folder, name):
-    path = _existing(folder, name)
-    if path is None:
-        raise DataError(_missing_message(folder, [name]))
-    return path
+    def _gather(self):
+        source = self.source
+        rows = np.arange(self.start, self.start + source.batch_size) % source.num_samples  # wrap to pad
+        index = mx.nd.take(source.orders[0], mx.nd.array(rows, source.contexts[0], np.int32))
+        self._data = [mx.nd.take(source.images[0], index)]
+        self._label = [mx.nd.take(source.labels[0], index)]
 
+    @property
+    def data(self):
+        if self._data is None and self.source is not None:
+            self._gather()
+        return self._data
 
-def _read_bytes(path):
-    try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path} cannot be read as {'gzip' if path.endswith('.gz') else 'an IDX file'}: "
-                        f"{getattr(err, 'strerror', None) or err}") from None
+    @data.setter
+    def data(self, value):
+        self._data = value
 
+    @property
+    def label(self):
+        if self._label is None and self.source is not None:
+            self._gather()
+        return self._label
 
-def _parse_idx(path, raw, magic, dims):
-    header = 4 * (1 + len(dims))
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than its {header}-byte IDX header")
-    found, *shape = struct.unpack(f">{1 + len(dims)}I", raw[:header])
-    if found != magic:
-        raise DataError(f"{path} has magic number 0x{found:08x}, expected 0x{magic:08x}; "
-                        "it is not an MNIST IDX file of this kind")
-    for axis, (got, want) in enumerate(zip(shape[1:], dims[1:]), start=1):
-        if got != want:
-            raise DataError(f"{path} has size {got} on axis {axis}, expected {want} (28x28 MNIST images)")
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DataError(f"{path} is {kind}: {len(raw)} bytes, its header promises {expected}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _read_images(path):
-    pixels = _parse_idx(path, _read_bytes(path), _IMAGE_MAGIC, (None, _ROWS, _COLS))
-    return pixels.reshape(len(pixels), _ROWS * _COLS)
-
-
-def _read_labels(path):
-    labels = _parse_idx(path, _read_bytes(path), _LABEL_MAGIC, (None,))
-    if labels.size and labels.max() >= _NUM_CLASSES:
-        bad = int(np.argmax(labels >= _NUM_CLASSES))
-        raise DataError(f"{path}: label {labels[bad]} at index {bad} is outside 0..{_NUM_CLASSES - 1}")
-    return labels.astype(np.int32)
-
-
-def _download(name, folder, mirrors, progress):
-    errors = []
-    for mirror in mirrors:
-        url = mirror + name + ".gz"
-        try:
-            _fetch_verified(url, name, folder, progress)
-            return
-        except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException) as err:
-            errors.append(f"{url}: {err}")
-    raise DataError(f"could not download {name}.gz from any mirror ({len(errors)} tried; last: "
-                    f"{errors[-1] if errors else 'none configured'}). "
-                    + _missing_message(folder, [name]))
-
-
-def _fetch_verified(url, name, folder, progress):
-    # Write to a temporary file in the target folder and rename only once the checksum holds,
-    # so an interrupted or corrupt download never leaves a file that looks complete.
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 16):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(name, done, total)
-            if total and done != total:
-                raise EOFError(f"connection closed after {done} of {total} bytes")
-        with gzip.open(tmp, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        if digest != SHA256[name]:
-            raise ValueError(f"SHA-256 of the decompressed content is {digest[:12]}..., expected "
-                             f"{SHA256[name][:12]}...")
-        os.replace(tmp, os.path.join(folder, name + ".gz"))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    @label.setter
+    def label(self, value):
+        self._label = value

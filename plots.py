@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 
+import files
+
 CURVES, CONFUSION, MISTAKES = "training_curves.png", "confusion_matrix.png", "misclassified.png"
 
 
@@ -12,17 +14,16 @@ def save_plots(folder, history, probs, labels, images, num_mistakes=24):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import checkpoint  # for its atomic write: a picture is replaced whole or not at all
-
     os.makedirs(folder, exist_ok=True)
     figures = {CURVES: _curves(plt, history), CONFUSION: _confusion(plt, probs, labels),
                MISTAKES: _mistakes(plt, probs, labels, images, num_mistakes)}
-    paths = []
-    for name, figure in figures.items():
-        path = os.path.join(folder, name)
-        checkpoint.write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-        plt.close(figure)
-        paths.append(path)
+    paths = [os.path.join(folder, name) for name in figures]
+    try:
+        for path, figure in zip(paths, figures.values()):  # each replaced whole or not at all
+            files.write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    finally:
+        for figure in figures.values():
+            plt.close(figure)
     return paths
 
 

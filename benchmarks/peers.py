@@ -13,19 +13,31 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import data  # noqa: E402
+import devices  # noqa: E402
+import initializer  # noqa: E402
+import loss  # noqa: E402
 import network  # noqa: E402
+import sync  # noqa: E402
 import train_mnist  # noqa: E402
 
 BATCH, LR, HIDDEN = 100, 0.1, (128, 64)
 
 
 def _initial_params(seed):
-    """The trainer's own Glorot init, as numpy arrays in the symbol's argument order."""
-    symbol = network.get_symbol(10, HIDDEN)
-    shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(data=(BATCH, 784))[0]))
-    params = {name: mx.nd.zeros(shapes[name]) for name in train_mnist._param_names(symbol)}
-    train_mnist._init_params(params, np.random.RandomState(seed))
-    return {name: array for name, array in params.items()}
+    """The trainer's own Glorot init, as NDArrays in the symbol's argument order."""
+    layout = devices.Layout(network.get_symbol("mlp", 10, HIDDEN), (784,))
+    params = {name: mx.nd.zeros(layout.shapes[name]) for name in layout.names}
+    initializer.glorot_uniform(params, np.random.RandomState(seed))
+    return params
+
+
+def _group(graph):
+    """One CPU context bound for graph, plainly, with the trainer's initial weights."""
+    symbol = network.get_symbol("mlp", 10, HIDDEN)
+    group = devices.Group([mx.cpu()], devices.Layout(symbol, (784,)), sync.create("device", 1), lambda ctx: {},
+                          lambda samples, train: graph)
+    initializer.glorot_uniform(group.params, np.random.RandomState(0))
+    return group
 
 
 def peer_ours(data_dir, epochs, seed):
@@ -35,17 +47,14 @@ def peer_ours(data_dir, epochs, seed):
 
 
 def _score_ms(data_dir, repeats=21):
-    """Median time to score the whole test set through the trainer's own scoring executors."""
-    _, _, test_x, test_y = data.load_mnist(data_dir)
-    symbol = train_mnist._training_graph(HIDDEN, "builtin")
-    exe, _, _ = train_mnist._bind(symbol, mx.cpu(), BATCH, 784)
-    params = {name: exe.arg_dict[name] for name in train_mnist._param_names(symbol)}
-    train_mnist._init_params(params, np.random.RandomState(0))
-    scorers = train_mnist._bind_eval(symbol, mx.cpu(), params, mx.nd.array(test_x), mx.nd.array(test_y))
+    """Median time to score the whole test set through the trainer's own evaluate()."""
+    arrays = data.load_mnist(data_dir, as_bytes=True)
+    _, test_iter = data.mnist_iters(arrays, BATCH, [mx.cpu()], (784,), None)
+    group = _group(loss.training_graph(network.get_symbol("mlp", 10, HIDDEN), "builtin"))
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        train_mnist.evaluate(scorers, len(test_x))
+        train_mnist.evaluate(group, test_iter)
         times.append(time.perf_counter() - tic)
     return 1000 * float(np.median(times))
 
@@ -57,8 +66,7 @@ def peer_startup(data_dir, epochs, seed):
 
     def stop_at_first_batch(*args, **kwargs):
         raise FirstBatch
-        yield
-    data.epoch_batches = stop_at_first_batch
+    devices.Group.load = stop_at_first_batch
     try:
         train_mnist.train(train_mnist.Config(data_dir=data_dir, seed=seed))
     except FirstBatch:
@@ -70,7 +78,7 @@ def peer_module(data_dir, epochs, seed):
     train_x, train_y, test_x, test_y = data.load_mnist(data_dir)
     np.random.seed(seed)  # NDArrayIter shuffles with numpy's global RNG
     train_iter = mx.io.NDArrayIter(train_x, train_y.astype(np.float32), BATCH, shuffle=True)
-    module = mx.mod.Module(network.get_symbol(10, HIDDEN), context=mx.cpu())
+    module = mx.mod.Module(network.get_symbol("mlp", 10, HIDDEN), context=mx.cpu())
     stamps = []
     tic = [0.0]
     module.fit(train_iter, num_epoch=epochs, optimizer="sgd", optimizer_params={"learning_rate": LR},
@@ -120,19 +128,17 @@ def peer_gluon(data_dir, epochs, seed):
 
 def peer_floor(data_dir, epochs, seed):
     train_x, train_y, _, _ = data.load_mnist(data_dir)
-    symbol = network.get_symbol(10, HIDDEN)
-    exe, _, flat_grads = train_mnist._bind(symbol, mx.cpu(), BATCH, 784)
+    group = _group(network.get_symbol("mlp", 10, HIDDEN))
+    (exe,), _ = group.load(mx.io.DataBatch([mx.nd.array(train_x[:BATCH])], [mx.nd.array(train_y[:BATCH])], pad=0))
     for name, value in _initial_params(seed).items():
         exe.arg_dict[name][:] = value
-    exe.arg_dict["data"][:] = train_x[:BATCH]
-    exe.arg_dict["softmax_label"][:] = train_y[:BATCH]
     seconds = []
     for _ in range(epochs):
         tic = time.perf_counter()
         for _ in range(len(train_x) // BATCH):
             exe.forward(is_train=True)
             exe.backward()
-        flat_grads.wait_to_read()
+        group.grads.flat.wait_to_read()
         seconds.append(time.perf_counter() - tic)
     return seconds, None, {}
 

@@ -5,7 +5,7 @@ import struct
 
 import numpy as np
 
-import data
+import mnist_files
 import train_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def synthetic_arrays(num_train=1050, num_test=230, seed=0):
 def write_mnist(folder, arrays=None, compress=True):
     """Write the four IDX files into folder and return the arrays written."""
     arrays = arrays if arrays is not None else synthetic_arrays()
-    for name, array in zip(data.FILES, arrays):
+    for name, array in zip(mnist_files.FILES, arrays):
         write_idx(folder, name, idx_bytes(array), compress)
     return arrays
 
@@ -47,36 +47,36 @@ def write_mnist(folder, arrays=None, compress=True):
 def corrupt(folder, kind):
     """Damage a freshly written synthetic set in one way; return the text the error must contain."""
     train_x, train_y, test_x, test_y = synthetic_arrays()
-    images = os.path.join(folder, data.FILES[0] + ".gz")
+    images = os.path.join(folder, mnist_files.FILES[0] + ".gz")
     if kind == "missing":
-        os.remove(os.path.join(folder, data.FILES[3] + ".gz"))
+        os.remove(os.path.join(folder, mnist_files.FILES[3] + ".gz"))
         return "MNIST files missing"
     if kind == "truncated":
-        write_idx(folder, data.FILES[0], idx_bytes(train_x)[:-100])
+        write_idx(folder, mnist_files.FILES[0], idx_bytes(train_x)[:-100])
         return "is truncated"
     if kind == "empty":
-        write_idx(folder, data.FILES[0], b"")
+        write_idx(folder, mnist_files.FILES[0], b"")
         return "is truncated"
     if kind == "wrong magic":
-        write_idx(folder, data.FILES[0], idx_bytes(train_x, magic=0x0801))
+        write_idx(folder, mnist_files.FILES[0], idx_bytes(train_x, magic=0x0801))
         return "magic number 0x00000801"
     if kind == "mismatched counts":
-        write_idx(folder, data.FILES[3], idx_bytes(test_y[:-1]))
+        write_idx(folder, mnist_files.FILES[3], idx_bytes(test_y[:-1]))
         return "different splits"
     if kind == "label out of range":
         bad = train_y.copy()
         bad[7] = 10
-        write_idx(folder, data.FILES[1], idx_bytes(bad))
+        write_idx(folder, mnist_files.FILES[1], idx_bytes(bad))
         return "label 10 at index 7 is outside 0..9"
     if kind == "wrong image size":
-        write_idx(folder, data.FILES[0], idx_bytes(np.zeros((5, 32, 32), np.uint8)))
+        write_idx(folder, mnist_files.FILES[0], idx_bytes(np.zeros((5, 32, 32), np.uint8)))
         return "expected 28"
     if kind == "html instead of gzip":
         with open(images, "wb") as f:
             f.write(b"<html><body>404 Not Found</body></html>")
         return "cannot be read as gzip"
     if kind == "trailing bytes":
-        write_idx(folder, data.FILES[0], idx_bytes(train_x) + b"\0")
+        write_idx(folder, mnist_files.FILES[0], idx_bytes(train_x) + b"\0")
         return "longer than its header says"
     raise ValueError(kind)
 
@@ -88,7 +88,7 @@ BAD_DATA = ["missing", "truncated", "empty", "wrong magic", "mismatched counts",
 def real_mnist_dir():
     """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project; None if neither exists."""
     for folder in (os.environ.get("MNIST_DIR"), os.path.join(ROOT, "..", "shared", "mnist")):
-        if folder and os.path.isdir(folder) and data._existing(folder, data.FILES[0]):
+        if folder and os.path.isdir(folder) and os.path.exists(os.path.join(folder, mnist_files.FILES[0] + '.gz')):
             return os.path.abspath(folder)
     return None
 
@@ -127,3 +127,27 @@ def run_cli(capsys, *argv):
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def bound_group(hidden=(16,), contexts=None, loss_mode="builtin", seed=0, network_name="mlp"):
+    """A devices.Group of network_name on contexts (one CPU by default), initialised from seed: the plain path."""
+    import mxnet as mx
+    import devices
+    import initializer
+    import loss
+    import network
+    import sync
+    contexts = contexts or [mx.cpu()]
+    symbol = network.get_symbol(network_name, 10, hidden)
+    graph = loss.training_graph(symbol, loss_mode)
+    group = devices.Group(contexts, devices.Layout(symbol, network.sample_shape(network_name)),
+                          sync.create("device", len(contexts)), lambda ctx: {}, lambda samples, train: graph)
+    initializer.glorot_uniform(group.params, np.random.RandomState(seed))
+    group.share_weights()
+    return group
+
+
+def batch_of(images, labels):
+    """One DataBatch of float32 images and labels, as an MXNet iterator yields it."""
+    import mxnet as mx
+    return mx.io.DataBatch([mx.nd.array(images)], [mx.nd.array(labels)], pad=0)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-import data
+import mnist_files as data
 from helpers import idx_bytes, synthetic_arrays
 
 
@@ -77,34 +77,34 @@ def _cache_files():
 def test_good_download_fills_the_cache_with_progress(payloads, serve):
     mirror = serve(payloads)
     seen = []
-    train_x, train_y, test_x, test_y = data.load_mnist(mirrors=(mirror.url,), progress=lambda *a: seen.append(a))
+    train_x, train_y, test_x, test_y = data.read_mnist(mirrors=(mirror.url,), progress=lambda *a: seen.append(a))
     assert train_x.shape == (300, 784) and len(test_y) == 50
     assert _cache_files() == sorted(name + ".gz" for name in data.FILES)
     last = {name: (done, total) for name, done, total in seen}
     assert set(last) == set(data.FILES) and all(done == total > 0 for done, total in last.values())
     # Cached now: a second load asks the network for nothing.
-    data.load_mnist(mirrors=(mirror.url,))
+    data.read_mnist(mirrors=(mirror.url,))
     assert len(mirror.requests) == 4
 
 
 def test_checksum_mismatch_is_rejected_and_leaves_nothing(payloads, serve):
     mirror = serve(payloads, "corrupt")
     with pytest.raises(data.DataError, match="SHA-256"):
-        data.load_mnist(mirrors=(mirror.url,))
+        data.read_mnist(mirrors=(mirror.url,))
     assert _cache_files() == []
 
 
 def test_server_dying_mid_file_leaves_nothing(payloads, serve):
     mirror = serve(payloads, "dies")
     with pytest.raises(data.DataError, match="could not download") as err:
-        data.load_mnist(mirrors=(mirror.url,))
+        data.read_mnist(mirrors=(mirror.url,))
     assert "\n" not in str(err.value)
     assert _cache_files() == []
 
 
 def test_a_failing_mirror_falls_through_to_the_next(payloads, serve):
     broken, good = serve(payloads, "dies"), serve(payloads)
-    data.load_mnist(mirrors=(broken.url, good.url))
+    data.read_mnist(mirrors=(broken.url, good.url))
     assert len(broken.requests) == 4 and len(good.requests) == 4
     assert len(_cache_files()) == 4
 
@@ -112,7 +112,7 @@ def test_a_failing_mirror_falls_through_to_the_next(payloads, serve):
 def test_no_network_names_the_files_and_the_folder(payloads):
     # Port 9 (discard) on loopback has no listener here: the connection is refused at once.
     with pytest.raises(data.DataError) as err:
-        data.load_mnist(mirrors=("http://127.0.0.1:9/",))
+        data.read_mnist(mirrors=("http://127.0.0.1:9/",))
     message = str(err.value)
     assert data.default_cache_dir() in message and "\n" not in message
     assert all(name in message for name in data.FILES)
@@ -125,6 +125,6 @@ def test_only_missing_files_are_fetched(payloads, serve):
     with open(os.path.join(folder, data.FILES[1] + ".gz"), "wb") as f:
         f.write(payloads[data.FILES[1] + ".gz"])
     mirror = serve(payloads)
-    data.load_mnist(mirrors=(mirror.url,))
+    data.read_mnist(mirrors=(mirror.url,))
     assert sorted(mirror.requests) == sorted("/" + n + ".gz" for n in data.FILES if n != data.FILES[1])
     assert len(_cache_files()) == 4

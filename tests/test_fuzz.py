@@ -5,7 +5,7 @@ import os
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import data
+import mnist_files
 from helpers import idx_bytes
 
 _IMAGES = idx_bytes(np.random.RandomState(0).randint(0, 256, size=(3, 28, 28)).astype(np.uint8))
@@ -29,11 +29,11 @@ def _check(path, reader, raw):
         f.write(raw)
     try:
         array = reader(str(path))
-    except data.DataError as err:
+    except mnist_files.DataError as err:
         assert str(err) and "\n" not in str(err)
         return
-    assert array.ndim == 2 if reader is data._read_images else array.ndim == 1
-    if reader is data._read_images:
+    assert array.ndim == 2 if reader is mnist_files.read_images else array.ndim == 1
+    if reader is mnist_files.read_images:
         assert array.shape[1] == 784 and array.dtype == np.uint8
     else:
         assert array.dtype == np.int32 and (array.size == 0 or 0 <= array.min() and array.max() <= 9)
@@ -46,18 +46,18 @@ _fuzz = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthC
 @given(edits=_edits, cut=_cut, extra=_extra, header_only=st.booleans())
 def test_mutated_image_files(tmp_path, edits, cut, extra, header_only):
     edits = [(p % 16, v) for p, v in edits] if header_only else edits
-    _check(tmp_path / "images", data._read_images, _mutate(_IMAGES, edits, cut, extra))
+    _check(tmp_path / "images", mnist_files.read_images, _mutate(_IMAGES, edits, cut, extra))
 
 
 @_fuzz
 @given(edits=_edits, cut=st.one_of(st.none(), st.integers(0, len(_LABELS))), extra=_extra)
 def test_mutated_label_files(tmp_path, edits, cut, extra):
-    _check(tmp_path / "labels", data._read_labels, _mutate(_LABELS, edits, cut, extra))
+    _check(tmp_path / "labels", mnist_files.read_labels, _mutate(_LABELS, edits, cut, extra))
 
 
 @_fuzz
 @given(edits=_edits, cut=st.one_of(st.none(), st.integers(0, 200)), extra=_extra)
 def test_mutated_gzip_files(tmp_path, edits, cut, extra):
     packed = gzip.compress(_IMAGES)
-    _check(tmp_path / "images.gz", data._read_images, _mutate(packed, edits, cut, extra))
+    _check(tmp_path / "images.gz", mnist_files.read_images, _mutate(packed, edits, cut, extra))
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]

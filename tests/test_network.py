@@ -1,4 +1,4 @@
-"""network.py: the symbol's layers, names and shapes."""
+"""network.py: the networks' layers, names and shapes, and the registry."""
 import mxnet as mx
 import pytest
 
@@ -18,8 +18,20 @@ def test_default_symbol_has_the_tutorial_layers():
     assert shapes["fc3_weight"] == (10, 64) and outs == [(7, 10)]
 
 
+def test_lenet_is_mxnets_lenet():
+    net = network.get_symbol("lenet")
+    args, outs, _ = net.infer_shape(data=(7, *network.sample_shape("lenet")))
+    shapes = dict(zip(net.list_arguments(), args))
+    assert shapes == {"data": (7, 1, 28, 28), "conv1_weight": (20, 1, 5, 5), "conv1_bias": (20,),
+                      "conv2_weight": (50, 20, 5, 5), "conv2_bias": (50,), "fc1_weight": (500, 800),
+                      "fc1_bias": (500,), "fc2_weight": (10, 500), "fc2_bias": (10,), "softmax_label": (7,)}
+    assert outs == [(7, 10)]
+    ops = [node.split("_")[0] for node in net.get_internals().list_outputs() if node.endswith("_output")]
+    assert ops == ["conv1", "tanh1", "pool1", "conv2", "tanh2", "pool2", "flatten", "fc1", "tanh3", "fc2", "softmax"]
+
+
 def test_widths_and_classes_are_parameters():
-    net = network.get_symbol(num_classes=3, num_hidden=(5, 6, 7))
+    net = network.get_symbol("mlp", num_classes=3, num_hidden=(5, 6, 7))
     shapes = dict(zip(net.list_arguments(), net.infer_shape(data=(2, 20))[0]))
     assert shapes["fc3_weight"] == (7, 6) and shapes["fc4_weight"] == (3, 7)
 
@@ -27,13 +39,19 @@ def test_widths_and_classes_are_parameters():
 @pytest.mark.parametrize("classes, hidden", [(1, (4,)), (10, ()), (10, (4, 0))])
 def test_bad_shapes_are_rejected(classes, hidden):
     with pytest.raises(ValueError):
-        network.get_symbol(classes, hidden)
+        network.get_symbol("mlp", classes, hidden)
+
+
+def test_an_unknown_network_is_rejected_by_name():
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        network.get_symbol("resnet")
 
 
 def test_output_rows_are_probabilities():
-    net = network.get_symbol(num_hidden=(8,))
-    exe = net.simple_bind(mx.cpu(), data=(4, 784), grad_req="null")
-    for array in exe.arg_arrays:
-        array[:] = mx.nd.random.uniform(-0.1, 0.1, shape=array.shape)
-    probs = exe.forward()[0].asnumpy()
-    assert probs.shape == (4, 10) and abs(probs.sum(axis=1) - 1).max() < 1e-5
+    for name in network.NETWORKS:
+        net = network.get_symbol(name, num_hidden=(8,))
+        exe = net.simple_bind(mx.cpu(), data=(4, *network.sample_shape(name)), grad_req="null")
+        for array in exe.arg_arrays:
+            array[:] = mx.nd.random.uniform(-0.1, 0.1, shape=array.shape)
+        probs = exe.forward()[0].asnumpy()
+        assert probs.shape == (4, 10) and abs(probs.sum(axis=1) - 1).max() < 1e-5, name

@@ -1,0 +1,71 @@
+"""Summing gradients and sharing weights over the devices of one process and over workers.
+
+One context and one worker need neither. Several contexts sum through MXNet's kvstore (local or device);
+dist_sync workers through its parameter server (ps-lite).
+"""
+import mxnet as mx
+import numpy as np
+
+KINDS = ("local", "device", "dist_sync")
+_GRADS, _WEIGHTS, _TOTALS = 0, 1, 2  # kvstore keys
+
+
+def create(kind, num_contexts):
+    """The Sync for kind ('local', 'device' or 'dist_sync') and that many contexts in this process."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kvstore {kind!r}: use one of {', '.join(KINDS)}")
+    if num_contexts == 1 and kind != "dist_sync":
+        return Sync()
+    return KVStoreSync(kind)
+
+
+class Sync:
+    """One context, one worker: nothing to sum; weights copied to the other contexts, if any."""
+
+    rank, num_workers = 0, 1
+
+    def init(self, flat_grads):
+        """Get ready to sum buffers like flat_grads."""
+
+    def sum_grads(self, grads):
+        """Sum the flat gradient buffers of every context and worker into grads[0]."""
+
+    def share_weights(self, params, from_rank0=False):
+        """Copy params[0] into the other contexts' buffers (from_rank0: after taking rank 0's values)."""
+        for other in params[1:]:
+            params[0].copyto(other)
+
+    def all_workers(self, totals):
+        """totals (a numpy array) summed over all workers."""
+        return totals
+
+
+class KVStoreSync(Sync):
+    """MXNet's kvstore: push every context's buffer and pull the sum, over workers too with dist_sync."""
+
+    def __init__(self, kind):
+        self.kv = mx.kv.create(kind)
+        self.rank, self.num_workers = self.kv.rank, self.kv.num_workers
+
+    def init(self, flat_grads):
+        self.kv.init(_GRADS, flat_grads)
+        self.kv.init(_TOTALS, mx.nd.zeros(2, flat_grads.context))
+
+    def sum_grads(self, grads):
+        self.kv.push(_GRADS, grads)
+        self.kv.pull(_GRADS, out=grads[0])
+
+    def share_weights(self, params, from_rank0=False):
+        if from_rank0 and self.num_workers > 1:
+            self.kv.init(_WEIGHTS, params[0])  # the store keeps rank 0's value, and every worker pulls it
+            self.kv.pull(_WEIGHTS, out=params[0])
+        super().share_weights(params)
+
+    def all_workers(self, totals):
+        if self.num_workers == 1:
+            return totals
+        ctx = mx.cpu()
+        self.kv.push(_TOTALS, mx.nd.array(totals, ctx))
+        summed = mx.nd.zeros(2, ctx)
+        self.kv.pull(_TOTALS, out=summed)
+        return summed.asnumpy().astype(np.float64)
