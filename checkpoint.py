@@ -6,6 +6,7 @@ exact resume needs, and PREFIX-0007.manifest.json, the SHA-256 of the other thre
 last, so a checkpoint without one, or whose files do not match it, is torn: it is never loaded. One saved
 mid-epoch on a signal is PREFIX-interrupted-0009-000123.*: epoch 9, 123 batches done.
 """
+import errno
 import json
 import os
 import re
@@ -67,13 +68,24 @@ def save(prefix, tag, symbol, params, state):
     symbol_json = symbol.tojson().encode()
     if _read_or_none(where["symbol"]) != symbol_json:
         files.write_bytes(where["symbol"], symbol_json)
-    files.write_atomic(where["params"], lambda tmp: mx.nd.save(tmp, {f"arg:{k}": v for k, v in params.items()}))
+    files.write_atomic(where["params"], lambda tmp: _save_params(tmp, params))
     files.write_bytes(where["state"], json.dumps(state).encode())
     manifest = {"format": FORMAT, "epoch": tag.epoch, "batches": tag.batches,
                 "files": {kind: {"name": os.path.basename(where[kind]), "bytes": os.path.getsize(where[kind]),
                                  "sha256": files.sha256(where[kind], _limit(kind))}
                           for kind in ("symbol", "params", "state")}}
     files.write_bytes(where["manifest"], json.dumps(manifest, indent=1).encode())
+
+
+def _save_params(path, params):
+    try:
+        mx.nd.save(path, {f"arg:{name}": value for name, value in params.items()})
+    except mx.base.MXNetError as err:
+        # MXNet's own writer reports a full disk as a failed check: give the OS's reason where it is that.
+        usage = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        if usage.f_bavail * usage.f_frsize < 4 * sum(array.size for array in params.values()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise OSError(errno.EIO, f"MXNet could not write it: {str(err).splitlines()[0]}") from None
 
 
 def listing(prefix):
@@ -126,8 +138,11 @@ def verify(prefix, tag):
             raise CheckpointError(f"{path} does not match its manifest: the checkpoint is torn")
 
 
-def load(prefix, tag, params):
-    """Verify tag, copy its weights into params (name -> NDArray) and return its sidecar's contents."""
+def load(prefix, tag, params, symbol=None):
+    """Verify tag, copy its weights into params (name -> NDArray) and return its sidecar's contents.
+
+    symbol: the network this run trains, which the checkpoint's symbol file must hold.
+    """
     verify(prefix, tag)
     where = paths(prefix, tag)
     expected = {f"arg:{name}": array.shape for name, array in params.items()}
@@ -144,18 +159,21 @@ def load(prefix, tag, params):
     if found != expected:
         raise CheckpointError(f"{where['params']} holds {_describe(found)}, but the configured network has "
                               f"{_describe(expected)}")
+    if symbol is not None and _read_or_none(where["symbol"]) != symbol.tojson().encode():
+        raise CheckpointError(f"{where['symbol']} holds another network than this run's --network and --num-hidden")
     for name, array in params.items():
         array[:] = saved[f"arg:{name}"]
     return _read_json(where["state"], _MAX_JSON)
 
 
 def remove(prefix, tag):
-    """Delete tag's files (manifest first, so that a cut-short removal leaves a torn checkpoint, not a false one)."""
-    where = paths(prefix, tag)
-    for kind in ("manifest", "params", "state"):
+    """Delete tag's files (manifest first, so that a cut-short removal leaves a torn checkpoint, not a false
+    one); tag may also be the path of a file of a save that was cut short."""
+    where = paths(prefix, tag) if isinstance(tag, Tag) else {"file": tag}
+    for kind in ("manifest", "params", "state", "file"):
         try:
             os.unlink(where[kind])
-        except FileNotFoundError:
+        except (FileNotFoundError, KeyError):
             pass
 
 

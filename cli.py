@@ -8,6 +8,7 @@ import inspect
 import io
 import shlex
 import sys
+import textwrap
 import tokenize
 import typing
 
@@ -42,18 +43,29 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def command_line(config, script, changed_only=True):
+def command_line(config, script):
     """The shell command that recreates config: the running interpreter, script, and each non-default field."""
-    words = [sys.executable, script]
+    return " ".join(shlex.quote(word) for word in [sys.executable, script, *_changed(config)])
+
+
+def summary(config, width=80):
+    """config as the flags that differ from the defaults, in lines of at most width columns."""
+    words = [shlex.quote(word) for word in _changed(config)] or ["(the defaults)"]
+    return textwrap.wrap(" ".join(words), width, initial_indent="config: ", subsequent_indent="        ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _changed(config):
+    words = []
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if changed_only and value == field.default:
+        if value == field.default:
             continue
         if isinstance(value, bool):
             words.append(flag(field.name) if value else "--no-" + flag(field.name)[2:])
         else:
             words += [flag(field.name), _typed(value)]
-    return " ".join(shlex.quote(word) for word in words)
+    return words
 
 
 def _typed(value):

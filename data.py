@@ -65,6 +65,11 @@ def batches_per_epoch(train_iter):
     return count
 
 
+def device_bytes(*iterators):
+    """What the project's MNISTIters among iterators hold on each device (others hold theirs where they will)."""
+    return sum(it.device_bytes for it in iterators if isinstance(it, MNISTIter))
+
+
 def mxnet_iters(data_dir, batch_size, data_shape, seed, part_index=0, num_parts=1, progress=None):
     """MXNet's own C++ mx.io.MNISTIter over the same files (it reads them uncompressed), and its test iterator."""
     mnist_files.read_mnist(data_dir, progress=progress)  # every file checked, and fetched if need be, first
@@ -120,18 +125,29 @@ class MNISTIter(mx.io.DataIter):
                  num_parts=1, data_name="data", label_name="softmax_label"):
         share, _ = _part(batch_size, part_index, num_parts)
         super().__init__(share)
-        contexts = contexts or [mx.cpu()]
-        shape = tuple(data_shape or images.shape[1:])
-        self.contexts, self.rng, self.global_batch = contexts, rng, batch_size
-        self.part_index, self.num_parts, self.num_samples = part_index, num_parts, len(images)
-        # The whole set lives on each device, so each batch is a device-side gather, not a host copy.
-        self.images = [mx.nd.array(images.reshape(-1, *shape), ctx, images.dtype) for ctx in contexts]
-        self.labels = [mx.nd.array(labels, ctx) for ctx in contexts]
-        self.provide_data = [mx.io.DataDesc(data_name, (share, *shape), images.dtype)]
+        self.contexts = contexts or [mx.cpu()]
+        self.sample_shape = tuple(data_shape or images.shape[1:])
+        self.rng, self.global_batch, self.part_index, self.num_parts = rng, batch_size, part_index, num_parts
+        self.num_samples, self.host = len(images), (images, labels)
+        self.provide_data = [mx.io.DataDesc(data_name, (share, *self.sample_shape), images.dtype)]
         self.provide_label = [mx.io.DataDesc(label_name, (share,), np.float32)]
-        self.orders, self.cursor = None, 0
+        self.images = self.labels = self.orders = None
+        self.cursor = 0
+
+    @property
+    def device_bytes(self):
+        """What the data takes on each device."""
+        images, labels = self.host
+        return images.nbytes + 4 * len(labels) + 4 * self.num_samples
 
     def reset(self):
+        if self.images is None:
+            # The whole set lives on each device, so each batch is a device-side gather, not a host copy.
+            # Uploaded at the first epoch, not before: a run that cannot fit is refused before any of it.
+            images, labels = self.host
+            self.images = [mx.nd.array(images.reshape(-1, *self.sample_shape), ctx, images.dtype)
+                           for ctx in self.contexts]
+            self.labels = [mx.nd.array(labels, ctx) for ctx in self.contexts]
         order = self.rng.permutation(self.num_samples) if self.rng is not None else np.arange(self.num_samples)
         # One upload per device per epoch; each batch is then a slice of it, gathered on the device.
         self.orders = [mx.nd.array(order, ctx, np.int32) for ctx in self.contexts]

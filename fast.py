@@ -19,34 +19,40 @@ _LR_FIRST = ("sgd", "nag")
 
 def plain():
     """The tutorial's path: float32 pixels, nothing folded into backward, the optimizer given each parameter."""
-    return Tricks(flat=False, fold=None, byte_ranges=None)
+    return Tricks(flat=False, fold=None, contexts=())
 
 
-def tricks(config, contexts, shapes=None):
-    """The fast path for config on contexts; shapes: the byte-pixel shapes training would bind, if any."""
+def tricks(config, contexts):
+    """The fast path for config on contexts."""
     # Folding lr / batch into backward saves the update its scaling pass over every parameter; SoftmaxOutput
     # multiplies its gradient by grad_scale for free. The manual loss makes its gradient outside the graph.
     fold = None
     if config.loss == "builtin":
         lr_first = config.optimizer in _LR_FIRST and config.lr_scheduler == "none" and not config.clip_gradient
         fold = config.lr if lr_first else 1.0
-    # Pixels stay on the device as uint8 bytes, a quarter of float32's memory to gather from, and the bound
-    # graph dequantizes them; only where that reproduces data.py's floats bit for bit.
-    ranges = [_pixel_range(ctx, shapes) for ctx in contexts] if shapes else [None]
-    return Tricks(flat=True, fold=fold, byte_ranges=ranges if all(ranges) else None, contexts=contexts)
+    return Tricks(flat=True, fold=fold, contexts=contexts)
 
 
 class Tricks:
     """What the fast path changes: the graph each batch binds, the resident pixels, the update."""
 
-    def __init__(self, flat, fold, byte_ranges, contexts=()):
-        self.flat, self.fold = flat, fold
-        self.byte_ranges = dict(zip(contexts, byte_ranges)) if byte_ranges else None
+    def __init__(self, flat, fold, contexts):
+        self.flat, self.fold, self.contexts = flat, fold, contexts
+        self.byte_ranges = None  # ctx -> the (min, max) arrays that dequantize the bytes, once chosen
 
     @property
     def pixel_bytes(self):
         """Whether training pixels stay uint8 bytes on the devices."""
         return self.byte_ranges is not None
+
+    def pixels_as_bytes(self, shapes):
+        """Whether the project's iterator should keep its pixels as bytes, for a graph of these input shapes."""
+        # Pixels stay on the device as uint8, a quarter of float32's memory to gather from, and the bound graph
+        # dequantizes them: only where that reproduces data.py's floats bit for bit, on the very shapes bound.
+        ranges = [_pixel_range(ctx, shapes) for ctx in self.contexts]
+        if ranges and all(ranges):
+            self.byte_ranges = dict(zip(self.contexts, ranges))
+        return self.pixel_bytes
 
     def graph(self, training_graph, samples):
         """The training graph to bind for a batch of samples: its head's gradient scaled, its input bytes."""

@@ -16,7 +16,7 @@ class Stop(BaseException):
     """Raised by a signal outside the training loop; a BaseException, so no `except Exception` swallows it."""
 
     def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(f"stopped by {signal.Signals(signum).name} {_State.stage}")
         self.signum = signum
 
 
@@ -24,6 +24,8 @@ class _State:
     deferred = False   # inside the training loop: record, don't raise
     received = None    # the first signal's number
     program = "train_mnist.py"
+    stage = "before training began; nothing saved"  # what a stop now means, for its one line
+    guarded = False    # main() is running and will catch Stop
 
 
 def install(program="train_mnist.py"):
@@ -41,6 +43,9 @@ def _handle(signum, frame):
         os.write(2, f"\n{_State.program}: stopped by a second {name(signum)}; exiting now\n".encode())
         os._exit(EXIT_CODE)
     _State.received = signum
+    if not _State.guarded:  # before main() runs (the imports): nothing to clean up, and nobody to catch Stop
+        os.write(2, f"{_State.program}: stopped by {name(signum)} {_State.stage}\n".encode())
+        os._exit(EXIT_CODE)
     if not _State.deferred:
         raise Stop(signum)
 
@@ -67,6 +72,16 @@ class deferred:
     def pending(self):
         """The number of the signal received inside the block, or None."""
         return _State.received
+
+
+def guard():
+    """From now on a signal outside the loop raises Stop, which main() catches (clean-up handlers then run)."""
+    _State.guarded = True
+
+
+def set_stage(text):
+    """Say what a signal outside the loop now stops, for its message: 'after training; ...'."""
+    _State.stage = text
 
 
 def name(signum):

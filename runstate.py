@@ -22,18 +22,36 @@ from errors import Diverged, Interrupted
 class Start:
     """Where training starts: tag None is epoch 1; else the checkpoint to resume from."""
     tag: object = None
-    remove: tuple = ()  # with --start-over: the checkpoints to delete before the first batch
+    remove: tuple = ()     # with --start-over: the checkpoints to delete before the first batch
+    set_aside: tuple = ()  # torn checkpoints past the resume point, to rename before the first batch
 
 
 def check_outputs(config):
     """Refuse, before anything is built, an output path that is not a file or has no writable folder."""
     if config.metrics_file:
         files.check_file(config.metrics_file, "--metrics-file")
+        head = _first_byte(config.metrics_file)
+        if head not in (b"", b"{"):
+            raise files.OutputError(f"--metrics-file {config.metrics_file} holds something else than JSON lines "
+                                    f"(it starts with {head!r}); give a new file or a metrics file")
     if config.model_prefix:
+        if config.model_prefix.endswith(os.sep) or os.path.isdir(config.model_prefix):
+            raise files.OutputError(f"--model-prefix {config.model_prefix} is a folder; give a path and a name "
+                                    "in it, such as runs/mlp")
         files.check_file(config.model_prefix + "-symbol.json", "--model-prefix")
     folder = report.pictures_folder(config)
     if folder:
         files.check_folder(folder, "--plot-dir" if config.plot_dir else "--model-prefix's pictures")
+
+
+def _first_byte(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(1)
+    except FileNotFoundError:
+        return b""
+    except OSError as err:
+        raise files.OutputError(f"cannot read {path}: {err.strerror}") from None
 
 
 def plan(config, command):
@@ -42,7 +60,7 @@ def plan(config, command):
         return Start()
     prefix, tags = config.model_prefix, checkpoint.listing(config.model_prefix)
     if config.start_over:
-        return Start(remove=tuple(tags))
+        return Start(remove=tuple(tags) + tuple(checkpoint.leftovers(prefix)))
     if config.resume:
         interrupted = [tag for tag in tags if tag.interrupted]
         if not interrupted:
@@ -61,11 +79,20 @@ def plan(config, command):
         checkpoint.verify(prefix, tag)
     except CheckpointError as err:
         raise CheckpointError(f"{err}; {_newest_hint(config, command)}") from None
-    newer = [t for t in tags if t.order() > tag.order() and (t.epoch > tag.epoch or not t.interrupted)]
-    if newer and not config.evaluate:
-        raise CheckpointError(f"{newer[-1].stem(prefix)} is newer than {tag.stem(prefix)}, and resuming from the "
-                              f"older would write over it; {_newest_hint(config, command)}")
-    return Start(tag)
+    if config.evaluate:
+        return Start(tag)
+    # What lies past the resume point: newer work blocks it; a torn checkpoint or the files of a save that was
+    # cut short are set aside (renamed *.torn, never deleted), since this run will write those names again.
+    newer = [t for t in tags if t.order() > tag.order()]
+    for later in reversed(newer):
+        try:
+            checkpoint.verify(prefix, later)
+        except CheckpointError:
+            continue
+        if later.epoch > tag.epoch or not later.interrupted:
+            raise CheckpointError(f"{later.stem(prefix)} is newer than {tag.stem(prefix)}, and resuming from the "
+                                  f"older would write over it; {_newest_hint(config, command)}")
+    return Start(tag, set_aside=tuple(newer))
 
 
 def _newest_hint(config, command):
@@ -75,31 +102,45 @@ def _newest_hint(config, command):
             checkpoint.verify(config.model_prefix, tag)
         except CheckpointError:
             continue
-        resume = dataclasses.replace(config, resume=tag.interrupted, load_epoch=0 if tag.interrupted else tag.epoch,
-                                     start_over=False, evaluate=False)
-        return f"the newest intact checkpoint is {tag.stem(config.model_prefix)}: resume with {command(resume)}"
+        stem, base = tag.stem(config.model_prefix), dataclasses.replace(config, start_over=False, evaluate=False,
+                                                                       resume=False, load_epoch=0)
+        if tag.interrupted:
+            return f"the newest intact checkpoint is {stem}: resume with {command(dataclasses.replace(base, resume=True))}"
+        if tag.epoch >= config.num_epochs:
+            scored = dataclasses.replace(base, load_epoch=tag.epoch, evaluate=True)
+            return (f"the newest intact checkpoint is {stem}, already at --num-epochs {config.num_epochs}: score it "
+                    f"with {command(scored)}, or train on with a larger --num-epochs")
+        return f"the newest intact checkpoint is {stem}: resume with {command(dataclasses.replace(base, load_epoch=tag.epoch))}"
     return f"{config.model_prefix} has no intact checkpoint"
 
 
 def begin(start, config, log):
-    """Just before the first batch: --start-over deletes the old checkpoints (after every check has passed)."""
-    for tag in start.remove:
-        checkpoint.remove(config.model_prefix, tag)
+    """Just before the first batch, after every check has passed: what --start-over deletes goes, and what
+    lies torn past the resume point is renamed *.torn."""
+    for item in start.remove:
+        checkpoint.remove(config.model_prefix, item)
     if start.remove:
-        log(f"started over: removed {len(start.remove)} checkpoint(s) under {config.model_prefix}")
+        log(f"started over: removed {len(start.remove)} checkpoint file set(s) under {config.model_prefix}")
+    aside = [path for tag in start.set_aside for path in checkpoint.paths(config.model_prefix, tag).values()
+             if not path.endswith("-symbol.json")] + checkpoint.leftovers(config.model_prefix)
+    for path in aside:
+        if os.path.exists(path):
+            os.replace(path, path + ".torn")
+    if aside:
+        log(f"set aside {len(aside)} file(s) of torn checkpoints as *.torn")
 
 
-def load_weights(config, params):
+def load_weights(config, params, symbol):
     """--evaluate: the weights of --load-epoch's checkpoint into params."""
-    checkpoint.load(config.model_prefix, Tag(config.load_epoch), params)
+    checkpoint.load(config.model_prefix, Tag(config.load_epoch), params, symbol)
 
 
-def restore(start, config, group, opt, rng, meter):
+def restore(start, config, symbol, group, opt, rng, meter):
     """Load start's checkpoint into the weights, optimizer, RNG and meter; return (history, batches to skip)."""
     if start.tag is None:
         return [], 0
     prefix, tag = config.model_prefix, start.tag
-    state = checkpoint.load(prefix, tag, group.params)
+    state = checkpoint.load(prefix, tag, group.params, symbol)
     ctxs = [replica.ctx for replica in group.replicas]
     saved = sidecar.check(checkpoint.paths(prefix, tag)["state"], state, config, tag, group.layout, opt, ctxs)
     opt.num_update, opt.state = saved["num_update"], saved["optimizer_state"]

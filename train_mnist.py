@@ -5,7 +5,6 @@ if __name__ == "__main__":
     interrupts.install()  # first of all: from this line on, a signal ends the run with one line, not a traceback
 
 import dataclasses  # noqa: E402 (after the signal handling, on purpose)
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -63,56 +62,60 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
     """
     # Here, not at the top: main() sets the threads MXNet reads as it loads, before it loads.
     import numpy as np
-    import data, devices, fast, initializer, loss, metrics, network, optimizer, report, runstate, sync  # noqa
+    import data, devices, fast, initializer, loss, memory, metrics, network, optimizer, report, runstate, sync  # noqa
     log, config = log or (lambda line: None), checks.resolved(config)
+    interrupts.set_stage("before training began; nothing saved")
     command = lambda c: cli.command_line(c, os.path.relpath(__file__))  # noqa: E731 (for resume hints)
     runstate.check_outputs(config)                  # every output path, before anything is built
     contexts = devices.contexts(config.gpus, config.cpus)
     comm = sync.create(config.kv_store, len(contexts))
     if comm.rank > 0:                               # with dist_sync, rank 0 alone reports, saves and draws
         log, progress = (lambda line: None), None
-    log("config: " + json.dumps(dataclasses.asdict(config)))
+    for line in cli.summary(config):                # the flags that differ from the defaults, resolved
+        log(line)
     start = runstate.plan(config, command)          # afresh, or from which checkpoint: never over saved work
     rng = np.random.RandomState(config.seed)        # the weights' init, then each epoch's shuffle
 
-    # 1. The data iterators: the project's MNIST, on every device, unless given.
-    shape, parts, shapes = network.sample_shape(config.network), (comm.rank, comm.num_workers), None
+    # 1. The data iterators: the project's MNIST, on every device (data.py), unless given.
+    shape, speed = network.sample_shape(config.network), fast.tricks(config, contexts) if config.fast else fast.plain()
     if train_iter is None and config.data_iter == "mnist":
         arrays = data.load_mnist(config.data_dir or None, progress=report.download_progress(log), as_bytes=True)
         checks.check_batch(config.batch_size, len(arrays[0]), comm.num_workers * len(contexts))
-        shapes = data.bound_shapes(len(arrays[0]), config.batch_size, *parts, len(contexts), shape)
-    speed = fast.tricks(config, contexts, shapes) if config.fast else fast.plain()
-    if train_iter is None and config.data_iter == "mnist":
-        train_iter, test_iter = data.mnist_iters(arrays, config.batch_size, contexts, shape, rng, *parts,
-                                                 pixel_bytes=speed.pixel_bytes)
+        shapes = data.bound_shapes(len(arrays[0]), config.batch_size, comm.rank, comm.num_workers, len(contexts), shape)
+        train_iter, test_iter = data.mnist_iters(arrays, config.batch_size, contexts, shape, rng, comm.rank,
+                                                 comm.num_workers, pixel_bytes=speed.pixels_as_bytes(shapes))
     elif train_iter is None:
-        train_iter, test_iter = data.mxnet_iters(config.data_dir, config.batch_size, shape, config.seed, *parts)
-    batches = data.batches_per_epoch(train_iter)
+        train_iter, test_iter = data.mxnet_iters(config.data_dir, config.batch_size, shape, config.seed, comm.rank,
+                                                 comm.num_workers)
     # 2. The symbol: the network, its loss, and the batch's metrics as a second output.
     symbol = network.get_symbol(config.network, NUM_CLASSES, config.num_hidden)
     graph = loss.training_graph(symbol, config.loss)
-    # 3. Bind: an executor per context and batch share, by simple_bind in devices.py; parameters in one buffer.
-    group = devices.Group(contexts, devices.Layout(symbol, shape), comm, speed.inputs,
-                          graph=lambda samples, train: speed.graph(graph, samples) if train else graph)
-    # 4. Initialise the weights by hand; the optimizer, hand-written too.
-    initializer.glorot_uniform(group.params, rng)
+    # 3. The optimizer, hand-written (optimizer.py); and a check that the run fits in memory.
+    batches, layout = data.batches_per_epoch(train_iter), devices.Layout(symbol, shape)
     schedule = optimizer.lr_schedule(config.lr_scheduler, config.lr, config.num_epochs * batches,
                                      [epoch * batches for epoch in config.lr_step_epochs], config.lr_factor)
     opt = optimizer.OPTIMIZERS[config.optimizer](config.lr, config.mom, config.wd, schedule, config.clip_gradient or None)
-    opt = speed.update_rule(opt, group.layout)
+    memory.check(memory.estimate(symbol, shape, data.device_bytes(train_iter, test_iter), contexts, opt,
+                                 train_iter.provide_data[0].shape[0], test_iter.provide_data[0].shape[0]))
+    # 4. Bind: simple_bind an executor per context and batch share (devices.py); parameters in one buffer.
+    group = devices.Group(contexts, layout, comm, speed.inputs,
+                          graph=lambda samples, train: speed.graph(graph, samples) if train else graph)
+    opt = speed.update_rule(opt, layout)
+    # 5. Initialise the weights by hand; or load them, to score a checkpoint or to resume.
+    initializer.glorot_uniform(group.params, rng)
     if config.evaluate:                             # --evaluate: score the checkpoint, train nothing
-        runstate.load_weights(config, group.params)
+        runstate.load_weights(config, group.params, symbol)
         group.share_weights()
         scored = evaluate(group, test_iter)
         log(report.scored_line(config.model_prefix, config.load_epoch, scored))
         return [{"epoch": config.load_epoch, "test_loss": scored["loss"], "test_acc": scored["acc"]}]
     meter, head_gradients = metrics.Meter(), loss.head_gradients(config.loss)
-    history, skip = runstate.restore(start, config, group, opt, rng, meter)
+    history, skip = runstate.restore(start, config, symbol, group, opt, rng, meter)
     group.share_weights(from_rank0=True)
     comm.init(group.grads.flat)
     runstate.begin(start, config, log)              # --start-over deletes the old checkpoints only now
 
-    # 5. The loop.
+    # 6. The loop.
     with interrupts.deferred() as signals:
         for epoch in range(len(history) + 1, config.num_epochs + 1):
             epoch_rng, tic = rng.get_state(), time.perf_counter()
@@ -133,8 +136,8 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
                                              epoch_rng, meter, (epoch, i + 1))
                 if progress and config.disp_batches and (i + 1) % config.disp_batches == 0:
                     progress(report.progress_figures(meter, epoch, i + 1, batches, time.perf_counter() - tic))
+            per_batch = meter.per_batch()           # the epoch's one host sync: all its work is done after it
             seconds = time.perf_counter() - tic
-            per_batch = meter.per_batch()           # the epoch's one host sync
             runstate.check_finite(per_batch, group.params.flat, epoch, config)
             totals = comm.all_workers(per_batch.sum(axis=0))
             history.append(report.record(epoch, totals, *meter.total_samples(), evaluate(group, test_iter), seconds))
@@ -147,6 +150,8 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
             if signals.pending:
                 raise runstate.interrupt(config, command, symbol, group.params, opt, history, signals.pending,
                                          rng.get_state())
+    interrupts.set_stage("after the last epoch; its checkpoint is saved" if config.model_prefix else
+                         "after the last epoch")
     if comm.rank == 0 and report.pictures_folder(config):
         log(report.save_pictures(report.pictures_folder(config), history, group, test_iter, config.loss))
     log(f"final test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs")
@@ -170,6 +175,7 @@ def evaluate(group, test_iter):
 def main(argv=None):
     """Parse and check the flags, then train; every way the run can end early is one line and an exit code."""
     program = os.path.basename(__file__)
+    interrupts.guard()
     try:
         import optimizer
         rates = ", ".join(f"{name} {cls.default_learning_rate:g}" for name, cls in sorted(optimizer.OPTIMIZERS.items()))
@@ -185,8 +191,13 @@ def main(argv=None):
         print(f"{program}: error: {err}", file=sys.stderr)
         return err.exit_code
     except interrupts.Stop as stop:
-        print(f"{program}: stopped by {stop} before training began; nothing saved", file=sys.stderr)
+        print(f"{program}: {stop}", file=sys.stderr)
         return interrupts.EXIT_CODE
+    except (MemoryError, OSError, RuntimeError) as err:  # what no check foresaw, still in one line
+        if isinstance(err, RuntimeError) and type(err).__name__ != "MXNetError":
+            raise  # a bug of ours: its traceback is what helps
+        print(f"{program}: error: {type(err).__name__}: {err}".splitlines()[0][:300], file=sys.stderr)
+        return 1
     return 0
 
 

@@ -110,12 +110,18 @@ def numpy_probs(params, images):
 
 
 def tree_bytes(folder):
-    """Every file under folder, by path, with its bytes: to show that a run wrote or changed nothing."""
+    """Every file under folder, by path, with its bytes (or its kind, if not a regular file): to show that a
+    run wrote or changed nothing."""
     found = {}
     for root, _, names in os.walk(folder):
         for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                found[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+            path = os.path.join(root, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                found[os.path.relpath(path, folder)] = ("link to " + os.readlink(path) if os.path.islink(path)
+                                                        else "not a regular file")
+                continue
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
     return found
 
 

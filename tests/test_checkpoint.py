@@ -143,7 +143,7 @@ def test_a_fresh_run_on_a_prefix_with_checkpoints_stops_and_names_the_way_on(cap
     assert "--start-over" in err and tree_bytes(ck) == before
     code, out, _ = run_cli(capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
                            "--start-over", "--num-epochs", "1")
-    assert code == 0 and "started over: removed 2 checkpoint(s)" in out
+    assert code == 0 and "started over: removed 2 checkpoint file set(s)" in out
     assert not os.path.exists(prefix + "-0002.params") and os.path.exists(prefix + "-0001.manifest.json")
 
 

@@ -163,8 +163,9 @@ def test_the_iterator_holds_the_data_on_every_context():
     images, labels = _numbered(30)
     contexts = [mx.cpu(0), mx.cpu(1)]
     iterator = data.MNISTIter(images, labels, 7, contexts, rng=np.random.RandomState(2))
-    assert [array.context for array in iterator.images] == contexts
+    assert iterator.images is None  # nothing on a device before the first epoch
     assert len(_epoch(iterator, contexts=2)) == 5
+    assert [array.context for array in iterator.images] == contexts
 
 
 @pytest.mark.parametrize("num_parts", [2, 3])

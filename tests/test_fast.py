@@ -75,11 +75,12 @@ def test_pixel_bytes_on_the_device_give_the_very_floats_of_data_py(synthetic_dir
     arrays = data.load_mnist(synthetic_dir, as_bytes=True)
     shapes = data.bound_shapes(1050, 100, 0, 1, 1, (784,))
     assert shapes == [(50, 784), (100, 784)]
-    speed = fast.tricks(_config(), [mx.cpu()], shapes)
-    assert speed.pixel_bytes  # this CPU build's dequantize reproduces data.py's floats
+    speed = fast.tricks(_config(), [mx.cpu()])
+    assert speed.pixels_as_bytes(shapes) and speed.pixel_bytes  # this CPU build's dequantize reproduces them
+    assert not fast.plain().pixels_as_bytes(shapes)
     iters = [data.mnist_iters(arrays, 100, [mx.cpu()], (784,), np.random.RandomState(0), pixel_bytes=b)[0]
              for b in (True, False)]
-    assert iters[0].images[0].dtype == np.uint8 and iters[1].images[0].dtype == np.float32
+    assert iters[0].provide_data[0].dtype == np.uint8 and iters[1].provide_data[0].dtype == np.float32
     symbol = network.get_symbol("mlp", 10, (32, 16))
     graph = loss.training_graph(symbol, "builtin")
     results = []
