@@ -34,6 +34,10 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
+def _default(config, name):
+    return next(field.default for field in dataclasses.fields(config) if field.name == name)
+
+
 def _finite(value):
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -49,6 +53,8 @@ def _problems(c):
     yield c.network not in NETWORKS, f"--network must be one of {', '.join(NETWORKS)}, got {c.network!r}"
     yield not (1 <= len(c.num_hidden) <= MAX_LAYERS and all(1 <= w <= MAX_WIDTH for w in c.num_hidden)), \
         f"--num-hidden must be 1 to {MAX_LAYERS} widths in 1..{MAX_WIDTH} such as 128,64, got {_typed(c.num_hidden)}"
+    yield c.network != "mlp" and c.num_hidden != _default(c, "num_hidden"), \
+        f"--num-hidden sets the MLP's widths; {c.network} has its own"
     yield not 1 <= c.batch_size <= 1_000_000, f"--batch-size must be in 1..1000000, got {c.batch_size}"
     yield not 1 <= c.num_epochs <= MAX_EPOCHS, f"--num-epochs must be in 1..{MAX_EPOCHS}, got {c.num_epochs}"
     yield c.optimizer not in OPTIMIZERS, \

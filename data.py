@@ -180,6 +180,7 @@ class MNISTBatch(mx.io.DataBatch):
 
     def __init__(self, source, start, count, global_size):
         self.source, self.start, self.count, self.global_size = source, start, count, global_size
+        self.orders = source.orders  # this epoch's, even if the source is reset before the batch is read
         self._data = self._label = None
         super().__init__(None, None, pad=source.batch_size - count, provide_data=source.provide_data,
                          provide_label=source.provide_label)
@@ -187,14 +188,14 @@ class MNISTBatch(mx.io.DataBatch):
     def gather_into(self, device, begin, end, data_out, label_out):
         """Gather rows begin to end of this batch on the source's device number device, into the two arrays."""
         source = self.source
-        rows = source.orders[device][self.start + begin:self.start + end]
+        rows = self.orders[device][self.start + begin:self.start + end]
         mx.nd.take(source.images[device], rows, out=data_out)
         mx.nd.take(source.labels[device], rows, out=label_out)
 
     def _gather(self):
         source = self.source
         rows = np.arange(self.start, self.start + source.batch_size) % source.num_samples  # wrap to pad
-        index = mx.nd.take(source.orders[0], mx.nd.array(rows, source.contexts[0], np.int32))
+        index = mx.nd.take(self.orders[0], mx.nd.array(rows, source.contexts[0], np.int32))
         self._data = [mx.nd.take(source.images[0], index)]
         self._label = [mx.nd.take(source.labels[0], index)]
 

@@ -1,7 +1,10 @@
 """Reporting: the epoch line, progress, the metrics file and the pictures. Lines fit 80 columns."""
 import json
 import os
+import shlex
 import shutil
+import sys
+import time
 
 import numpy as np
 
@@ -51,11 +54,12 @@ def progress_bar(f, width):
     return f"{head}[{'#' * filled}{'.' * (room - filled)}]{tail}"
 
 
-def progress_figures(meter, epoch, batch, batches, seconds):
-    """The epoch's running loss and accuracy, a couple of batches behind, and the speed of all workers so far."""
-    correct, loss_sum, scored, everyone = meter.running()
+def progress_figures(meter, epoch, batch, batches, tic):
+    """The epoch's running loss and accuracy, a couple of batches behind, and the speed of all workers so far
+    (tic: the epoch's start, as time.perf_counter() read it)."""
+    correct, loss_sum, scored, everyone = meter.running()  # waits for those batches: the time is taken after
     return {"epoch": epoch, "batch": batch, "batches": batches, "loss": float(loss_sum / scored),
-            "acc": float(correct / scored), "samples_per_second": everyone / seconds}
+            "acc": float(correct / scored), "samples_per_second": everyone / (time.perf_counter() - tic)}
 
 
 def record(epoch, totals, samples, trained, test, seconds):
@@ -99,6 +103,16 @@ def pictures_folder(config):
     if config.plot_dir == "none":
         return ""
     return config.plot_dir or (config.model_prefix + "-plots" if config.model_prefix else "")
+
+
+def pictures_warning():
+    """A warning line if matplotlib, which draws the pictures, cannot be imported; else None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        return (f"warning: no pictures will be drawn ({err}): {shlex.quote(sys.executable)} -m pip install "
+                "matplotlib")
+    return None
 
 
 def save_pictures(folder, history, group, test_iter, loss_mode):

@@ -1,12 +1,17 @@
 """Summing gradients and sharing weights over the devices of one process and over workers.
 
 One context and one worker need neither. Several contexts sum through MXNet's kvstore (local or device);
-dist_sync workers through its parameter server (ps-lite).
+dist_sync workers through its parameter server (ps-lite); horovod workers by Horovod's allreduce.
 """
 import mxnet as mx
 import numpy as np
 
-KINDS = ("local", "device", "dist_sync")
+from errors import ConfigError
+
+KINDS = ("local", "device", "dist_sync", "horovod")
+HOROVOD_INSTALL = ("pip install wheel && HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 "
+                   "HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 pip install --no-build-isolation -r "
+                   "requirements-horovod.txt")
 _GRADS, _WEIGHTS, _TOTALS = 0, 1, 2  # kvstore keys
 
 
@@ -14,6 +19,8 @@ def create(kind, num_contexts):
     """The Sync for kind ('local', 'device' or 'dist_sync') and that many contexts in this process."""
     if kind not in KINDS:
         raise ValueError(f"unknown kvstore {kind!r}: use one of {', '.join(KINDS)}")
+    if kind == "horovod":
+        return HorovodSync()
     if num_contexts == 1 and kind != "dist_sync":
         return Sync()
     return KVStoreSync(kind)
@@ -69,3 +76,35 @@ class KVStoreSync(Sync):
         summed = mx.nd.zeros(2, ctx)
         self.kv.pull(_TOTALS, out=summed)
         return summed.asnumpy().astype(np.float64)
+
+
+class HorovodSync(Sync):
+    """Horovod: allreduce (sum) over the processes horovodrun started; no parameter server.
+
+    In mxnet 1.9.1, mx.kv.create('horovod') silently gives a local store that sums nothing across processes,
+    so this calls horovod.mxnet itself. Every process must make the same calls in the same order: each trains
+    the same number of batches (its share of every global batch) and sums its totals once an epoch.
+    """
+
+    def __init__(self):
+        try:
+            import horovod.mxnet as hvd
+        except ImportError:
+            raise ConfigError(f"--kv-store horovod needs Horovod, which is not installed: {HOROVOD_INSTALL}") from None
+        hvd.init()
+        self.hvd, self.rank, self.num_workers = hvd, hvd.rank(), hvd.size()
+
+    def sum_grads(self, grads):
+        for other in grads[1:]:  # this process's devices first, then the processes
+            grads[0] += other.as_in_context(grads[0].context)
+        self.hvd.allreduce_(grads[0], op=self.hvd.Sum, name="gradients")
+
+    def share_weights(self, params, from_rank0=False):
+        if from_rank0:
+            self.hvd.broadcast_(params[0], root_rank=0, name="weights")
+        super().share_weights(params)
+
+    def all_workers(self, totals):
+        summed = mx.nd.array(totals)
+        self.hvd.allreduce_(summed, op=self.hvd.Sum, name="totals")
+        return summed.asnumpy()

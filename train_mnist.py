@@ -12,6 +12,7 @@ from typing import Literal, Tuple  # noqa: E402
 
 import checks  # noqa: E402
 import cli  # noqa: E402
+import cpu  # noqa: E402
 import errors  # noqa: E402
 
 
@@ -22,7 +23,7 @@ class Config:
     num_hidden: Tuple[int, ...] = (128, 64)  # the MLP's hidden widths, comma-separated
     gpus: str = ""                    # GPU ids to train on, such as 0 or 0,1; empty: the CPU
     cpus: int = 0                     # train on this many CPU contexts, mx.cpu(0) to mx.cpu(N-1); 0: one
-    kv_store: Literal["local", "device", "dist_sync"] = "device"  # sums gradients over devices and machines
+    kv_store: Literal["local", "device", "dist_sync", "horovod"] = "device"  # sums gradients over devices, machines
     fast: bool = True                 # the speed tricks of fast.py; --no-fast trains the plain way
     batch_size: int = 100             # samples per step, over all devices and workers
     num_epochs: int = 15              # passes over the training set
@@ -74,6 +75,8 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
     for line in cli.summary(config):                # the flags that differ from the defaults, resolved
         log(line)
     start = runstate.plan(config, command)          # afresh, or from which checkpoint: never over saved work
+    if comm.rank == 0 and report.pictures_folder(config) and report.pictures_warning():
+        log(report.pictures_warning())              # now, not after training: in time to fix it
     rng = np.random.RandomState(config.seed)        # the weights' init, then each epoch's shuffle
 
     # 1. The data iterators: the project's MNIST, on every device (data.py), unless given.
@@ -135,7 +138,7 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
                     raise runstate.interrupt(config, command, symbol, group.params, opt, history, signals.pending,
                                              epoch_rng, meter, (epoch, i + 1))
                 if progress and config.disp_batches and (i + 1) % config.disp_batches == 0:
-                    progress(report.progress_figures(meter, epoch, i + 1, batches, time.perf_counter() - tic))
+                    progress(report.progress_figures(meter, epoch, i + 1, batches, tic))
             per_batch = meter.per_batch()           # the epoch's one host sync: all its work is done after it
             seconds = time.perf_counter() - tic
             runstate.check_finite(per_batch, group.params.flat, epoch, config)
@@ -180,6 +183,7 @@ def main(argv=None):
         import optimizer
         rates = ", ".join(f"{name} {cls.default_learning_rate:g}" for name, cls in sorted(optimizer.OPTIMIZERS.items()))
         config = cli.parse(Config, argv, prog=program, description=__doc__, notes={"lr": rates})
+        cpu.flush_denormals()  # before MXNet starts its threads, which inherit it: see cpu.py
         os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read at bind time; silences a banner per executor
         import report
         console = report.Console(sys.stdout)

@@ -1,4 +1,6 @@
 """Beyond the tutorial: the hand-written loss end to end, the optimizer family, schedules, pictures, progress."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,17 @@ def test_confusion_matrix_and_worst_mistakes():
     assert list(plots.worst_mistakes(probs, labels, 2)) == [2, 3]
 
 
+def test_without_matplotlib_the_run_warns_at_its_start_with_the_command_that_fixes_it(synthetic_dir, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    lines = []
+    history = train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    warnings = [i for i, line in enumerate(lines) if line.startswith("warning: no pictures will be drawn")]
+    assert warnings and warnings[0] < first_epoch and f"{sys.executable} -m pip install matplotlib" in lines[warnings[0]]
+    assert len(history) == 3 and lines[-2].startswith("warning: no pictures written")
+
+
 def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_path, monkeypatch):
     def no_matplotlib(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'matplotlib'")
@@ -99,3 +112,45 @@ def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir
         assert value == pytest.approx(every[key], rel=1e-6)
     # The first report of epoch 2 is of epoch 2 alone: its one batch read scores better than epoch 1's average.
     assert every[(2, 1)][0] < every[(1, 21)][0]
+
+
+def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthetic_dir):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    from helpers import ROOT
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an 80-column terminal, then the trainer on it
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        os.execve(sys.executable, [sys.executable, os.path.join(ROOT, "train_mnist.py"), "--data-dir", synthetic_dir,
+                                   "--num-epochs", "2", "--batch-size", "10", "--disp-batches", "10",
+                                   "--num-hidden", "32,16"], env)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output[-2000:]
+    lines = output.decode().replace("\033[K", "").split("\r\n")
+    bars = [line for line in lines if line.count("\r") >= 2 and "[" in line]
+    assert bars, "no line holds a bar drawn over itself"
+    for line in lines:
+        for piece in line.split("\r"):
+            assert len(piece) <= 79, piece  # the last column stays free: writing there wraps some terminals
+    assert all("acc " in piece for line in bars for piece in line.split("\r") if "[" in piece)
+
+
+def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
+    from helpers import REAL_MNIST
+    if REAL_MNIST is None:
+        pytest.skip("real MNIST not found (set MNIST_DIR)")
+    history = train_mnist.train(train_mnist.Config(data_dir=REAL_MNIST, optimizer="adam", disp_batches=0))
+    assert len(history) == 15 and history[-1]["test_acc"] >= 0.975

@@ -14,7 +14,7 @@ import network
 import optimizer
 import sync
 import train_mnist
-from helpers import REAL_MNIST, bound_group, synthetic_arrays
+from helpers import bound_group, synthetic_arrays
 
 SETTINGS = [dict(), dict(mom=0.9, wd=1e-3), dict(optimizer="nag", mom=0.9, wd=1e-3), dict(optimizer="adam", wd=1e-4),
             dict(loss="manual", mom=0.5), dict(lr_scheduler="cosine"), dict(clip_gradient=0.01, mom=0.9)]
@@ -113,12 +113,11 @@ def test_the_flat_update_keeps_its_state_by_parameter_name():
     assert all(np.array_equal(copy.state[n][0].asnumpy(), flat.state[n][0].asnumpy()) for n in flat.state)
 
 
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
-def test_the_default_run_gives_the_recorded_figures_epoch_by_epoch():
+def test_the_default_run_gives_the_recorded_figures_epoch_by_epoch(default_run):
     """The default run on real MNIST: at least 97.5%, and the very figures recorded before the redesign."""
     with open(os.path.join(os.path.dirname(__file__), "fixtures", "default_run.json")) as f:
         fixture = json.load(f)
-    history = train_mnist.train(train_mnist.Config(data_dir=REAL_MNIST))
+    _, history = default_run
     assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
     with open("/proc/cpuinfo") as f:
         isa = "avx512" if " avx512f" in f.read() else "avx2"

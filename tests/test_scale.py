@@ -1,6 +1,8 @@
-"""Several devices in one process, and several workers over MXNet's parameter server, all on this machine."""
+"""Several devices in one process, and several workers over MXNet's parameter server, launched by launch.py
+(MXNet's own launcher under a watchdog) on this machine: as local processes, and over ssh to 127.0.0.1."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ import pytest
 import train_mnist
 from helpers import ROOT
 
-LAUNCH = [sys.executable, os.path.join(ROOT, "launch_local.py")]
+LAUNCH = [sys.executable, os.path.join(ROOT, "launch.py")]
 TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
 
 
@@ -45,23 +47,99 @@ def test_more_devices_than_samples_in_a_batch_is_refused(synthetic_dir, capsys):
     assert code == 2 and "leaves a batch of 2 samples for 3 devices" in err and err.count("\n") == 1
 
 
-def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path):
-    flags = ["--data-dir", synthetic_dir, "--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16",
-             "--mom", "0.9", "--disp-batches", "0"]
-    single = subprocess.run(TRAIN + flags + ["--model-prefix", str(tmp_path / "single")], capture_output=True,
-                            text=True, timeout=120)
+FLAGS = ["--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16", "--mom", "0.9", "--disp-batches", "0",
+         "--plot-dir", "none"]
+
+
+def _single(synthetic_dir, tmp_path):
+    single = subprocess.run(TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix", str(tmp_path / "single")],
+                            capture_output=True, text=True, timeout=120)
     assert single.returncode == 0, single.stderr
-    dist = subprocess.run(LAUNCH + ["-n", "2", "-s", "1", "--timeout", "150", "--"] + TRAIN + flags +
-                          ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")],
-                          capture_output=True, text=True, timeout=180)
+    return single
+
+
+def _same_as_single(single, dist, tmp_path):
     # The job ended by itself, past the last epoch: no worker hung waiting for another.
     assert dist.returncode == 0, dist.stderr
     assert dist.stdout.count("final test accuracy") == 1  # rank 0 alone reports
     for epoch in (1, 3):
         _assert_close(_params(tmp_path / "single", epoch), _params(tmp_path / "dist", epoch))
-    lines = [line for line in dist.stdout.splitlines() if line.startswith("epoch ")]
+    # Over ssh -tt the workers write to a terminal: each line comes with the codes that draw over the bar.
+    lines = [line.replace("\033[K", "").strip() for line in dist.stdout.replace("\r", "\n").splitlines()]
+    lines = [line for line in lines if line.startswith("epoch ")]
     assert [line.split()[:8] for line in lines] == [
         line.split()[:8] for line in single.stdout.splitlines() if line.startswith("epoch ")]
+
+
+def _job_processes():
+    """The pids of this machine that belong to a launched job (they carry DMLC_ROLE)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if any(item.startswith(b"DMLC_ROLE=") for item in f.read().split(b"\0")):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path):
+    single = _single(synthetic_dir, tmp_path)
+    dist = subprocess.run(LAUNCH + ["-n", "2", "-s", "1", "--timeout", "150", "--"] + TRAIN +
+                          ["--data-dir", synthetic_dir, *FLAGS, "--kv-store", "dist_sync",
+                           "--model-prefix", str(tmp_path / "dist")], capture_output=True, text=True, timeout=180)
+    _same_as_single(single, dist, tmp_path)
+    assert not _job_processes()
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """An sshd on 127.0.0.1 at a free high port, with keys made here; (its client ssh_config, its hostfile)."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        pytest.skip("no sshd here: apt-get install -y openssh-server (.ci/run does)")
+    folder = tmp_path / "ssh"
+    folder.mkdir()
+    for key in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (folder / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder}/host\nAuthorizedKeysFile {folder}/user.pub\n"
+        f"PidFile {folder}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "StrictModes no\nUsePAM no\nLogLevel ERROR\n")
+    (folder / "ssh_config").write_text(
+        f"Host *\n  IdentityFile {folder}/user\n  IdentitiesOnly yes\n  UserKnownHostsFile {folder}/known_hosts\n"
+        "  StrictHostKeyChecking no\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 10\n")
+    (folder / "hosts").write_text(f"127.0.0.1:{port}\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd insists on its privilege-separation folder
+    daemon = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(folder / "sshd_config")],
+                              start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield str(folder / "ssh_config"), str(folder / "hosts")
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(10)
+
+
+def test_the_ssh_launcher_to_127_0_0_1_trains_like_one_process_and_leaves_nothing(synthetic_dir, tmp_path, sshd):
+    config, hosts = sshd
+    single = _single(synthetic_dir, tmp_path)
+    dist = subprocess.run(LAUNCH + ["-n", "2", "-s", "1", "--launcher", "ssh", "-H", hosts, "--ssh-config", config,
+                                    "--timeout", "150", "--"] + TRAIN +
+                          ["--data-dir", synthetic_dir, *FLAGS, "--kv-store", "dist_sync",
+                           "--model-prefix", str(tmp_path / "dist")], capture_output=True, text=True, timeout=180)
+    _same_as_single(single, dist, tmp_path)
+    deadline = time.time() + 10  # the remote side ends as its connections close
+    while _job_processes() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _job_processes()
 
 
 _PUSH_PULL = """
@@ -86,42 +164,30 @@ def test_the_server_sums_each_step_and_keeps_no_running_total():
     assert sorted(run.stdout.split()) == ["ok0", "ok1", "ok2"]
 
 
-def _children(pid):
-    """pid -> DMLC_ROLE of each live child process of pid."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            if parent == pid:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-                found[int(entry)] = env.get(b"DMLC_ROLE", b"").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path):
     prefix = str(tmp_path / "dist")
     launcher = subprocess.Popen(LAUNCH + ["-n", "2", "-s", "1", "--"] + TRAIN + [
         "--data-dir", synthetic_dir, "--num-epochs", "1000", "--batch-size", "64", "--num-hidden", "32,16",
-        "--kv-store", "dist_sync", "--model-prefix", prefix, "--disp-batches", "0"],
+        "--kv-store", "dist_sync", "--model-prefix", prefix, "--disp-batches", "0", "--plot-dir", "none"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
-    while not os.path.exists(prefix + "-0002.params") and time.time() < deadline:
+    while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
         time.sleep(0.05)
-    assert os.path.exists(prefix + "-0002.params"), "the job never got going"
-    children = _children(launcher.pid)
-    assert sorted(children.values()) == ["scheduler", "server", "worker", "worker"]
-    victim = max(pid for pid, role in children.items() if role == "worker")
+    assert os.path.exists(prefix + "-0002.manifest.json"), "the job never got going"
+    trainers = {}
+    for pid in _job_processes():
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            role = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)[b"DMLC_ROLE"]
+        if b"--guard" not in words and any(word.endswith(b"train_mnist.py") for word in words):
+            trainers[pid] = role.decode()
+    assert sorted(trainers.values()) == ["scheduler", "server", "worker", "worker"]
+    victim = max(pid for pid, role in trainers.items() if role == "worker")
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
     _, err = launcher.communicate(timeout=30)
     assert time.time() - killed_at < 15
-    assert launcher.returncode != 0
-    assert f"worker #" in err and f"(pid {victim}) was killed by SIGKILL" in err
-    assert all(not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-               for pid in children)
+    assert launcher.returncode == 1
+    assert "launch.py: error: worker" in err and f"(pid {victim}) was killed by SIGKILL" in err
+    assert not _job_processes()

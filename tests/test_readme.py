@@ -1,0 +1,90 @@
+"""The README works as written: its commands name flags and files that exist, its output is what prints."""
+import os
+import re
+import shlex
+
+import pytest
+
+import cli
+import train_mnist
+from helpers import ROOT
+
+with open(os.path.join(ROOT, "README.md")) as _f:
+    README = _f.read()
+
+
+def _blocks(kind):
+    """The text of each fenced block of the README whose language is kind ('' for none)."""
+    blocks, current = [], None
+    for line in README.splitlines(keepends=True):
+        if line.startswith("```"):
+            if current is None:
+                current, language = [], line[3:].strip()
+            else:
+                if language == kind:
+                    blocks.append("".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def _commands():
+    """Each command of the README's bash blocks, split into words, with `&&` chains taken apart."""
+    commands = []
+    for block in _blocks("bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            for part in line.split("&&"):
+                if part.strip():
+                    commands.append(shlex.split(part.strip()))
+    return commands
+
+
+def test_the_readme_is_short_and_for_a_user():
+    assert len(README.splitlines()) <= 250
+    assert not re.search(r"\bissue\b|the README promised", README, re.I)
+
+
+def test_every_command_names_only_flags_and_files_that_exist():
+    commands = _commands()
+    assert any(words[:2] == ["python", "train_mnist.py"] for words in commands)
+    for words in commands:
+        if words[:2] == ["python", "train_mnist.py"]:
+            cli.parse(train_mnist.Config, words[2:])  # exits 2 on an unknown flag or a bad value
+        elif words[0] == "python" and words[1].endswith(".py"):
+            assert os.path.exists(os.path.join(ROOT, words[1])), words
+        elif words[:2] == ["pip", "install"] and words[2] == "-r":
+            assert os.path.exists(os.path.join(ROOT, words[3])), words
+        elif words[0] in ("python3", ".", "mkdir", "python3.11"):
+            continue
+        elif words[:3] == ["python", "-m", "pytest"]:
+            continue
+        else:
+            pytest.fail(f"a README command this check does not know: {' '.join(words)}")
+
+
+def test_the_readme_shows_the_loop_as_it_is_in_the_code():
+    loop = next(block for block in _blocks("python") if "exe.forward(is_train=True)" in block)
+    with open(os.path.join(ROOT, "train_mnist.py")) as f:
+        assert loop in f.read()
+
+
+def test_every_linked_page_exists():
+    for link in re.findall(r"\]\(([^)#]+)\)", README):
+        assert os.path.exists(os.path.join(ROOT, link)), link
+
+
+def _masked(line):
+    """A printed line without what changes from run to run: the speed and the time."""
+    return re.sub(r"\d+ samples/s$", "N samples/s", re.sub(r"\d+\.\d+ s$", "T s", line.rstrip()))
+
+
+def test_the_expected_output_is_what_the_command_prints(default_run):
+    shown = next(block for block in _blocks("") if "final test accuracy" in block).splitlines()
+    printed = [_masked(line) for line in default_run[0].splitlines()]
+    assert shown[0] == "config: --lr 0.1" and printed[0].startswith("config: --lr 0.1 --data-dir ")
+    for line in shown[1:]:
+        if line != "...":
+            assert _masked(line) in printed, line
+    assert _masked(shown[-1]) == printed[-1]
