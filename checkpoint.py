@@ -8,6 +8,7 @@ mid-epoch on a signal is PREFIX-interrupted-0009-000123.*: epoch 9, 123 batches 
 """
 import errno
 import json
+import math
 import os
 import re
 
@@ -147,7 +148,7 @@ def load(prefix, tag, params, symbol=None):
     where = paths(prefix, tag)
     expected = {f"arg:{name}": array.shape for name, array in params.items()}
     # The params file is bounded by what the configured network holds, before MXNet reads it whole.
-    need = sum(4 * _size(shape) for shape in expected.values()) + 64 * len(expected) + 1024
+    need = sum(4 * math.prod(shape) for shape in expected.values()) + 64 * len(expected) + 1024
     if os.path.getsize(where["params"]) > need:
         raise CheckpointError(f"{where['params']} holds more than the configured network: "
                               f"{os.path.getsize(where['params']):,} bytes for {need:,}")
@@ -179,13 +180,6 @@ def remove(prefix, tag):
 
 def _limit(kind):
     return (4 << 30) if kind == "params" else _MAX_JSON
-
-
-def _size(shape):
-    size = 1
-    for dim in shape:
-        size *= dim
-    return size
 
 
 def _read_or_none(path):

@@ -50,6 +50,8 @@ def _problems(c):
     yield not re.fullmatch(r"(\d+(,\d+)*)?", c.gpus), f"--gpus must be GPU ids such as 0 or 0,1, got {c.gpus!r}"
     yield not 0 <= c.cpus <= MAX_CONTEXTS, f"--cpus must be in 0..{MAX_CONTEXTS}, got {c.cpus}"
     yield bool(c.cpus and c.gpus), "--cpus and --gpus exclude each other"
+    yield not (c.threads == "auto" or c.threads.isdigit() and 1 <= int(c.threads) <= MAX_THREADS), \
+        f"--threads must be auto or a count in 1..{MAX_THREADS}, got {c.threads!r}"
     yield c.network not in NETWORKS, f"--network must be one of {', '.join(NETWORKS)}, got {c.network!r}"
     yield not (1 <= len(c.num_hidden) <= MAX_LAYERS and all(1 <= w <= MAX_WIDTH for w in c.num_hidden)), \
         f"--num-hidden must be 1 to {MAX_LAYERS} widths in 1..{MAX_WIDTH} such as 128,64, got {_typed(c.num_hidden)}"

@@ -1,13 +1,20 @@
-"""The process's CPU settings for MXNet, made before MXNet loads: flush subnormal floats to zero.
+"""The process's CPU settings for MXNet, made before MXNet loads: its threads, and subnormals flushed.
 
-Imports nothing heavy. A new thread inherits the floating-point settings of the thread that starts it, so
-settings made here, before `import mxnet`, reach MXNet's engine and OpenMP threads too.
+Imports nothing heavy. MXNet reads its thread counts once, as its library loads; and a new thread inherits
+the floating-point settings of the thread that starts it. So both are set here, before `import mxnet`.
 """
 import ctypes
 import ctypes.util
+import os
 import platform
 import struct
 import sys
+
+# The work (floating-point operations of a step, forward and backward, on one context) that each OpenMP
+# thread needs to pay for itself. On the 2-core development machine a second thread made a step of 161 MFLOP
+# 15% slower and one of 401 MFLOP 27% faster (docs/speed.md): below that, waking and joining the threads of
+# every operator costs more than splitting the operator saves.
+FLOPS_PER_THREAD = 200e6
 
 _FTZ, _DAZ = 0x8000, 0x0040  # MXCSR bits: flush results to zero; treat inputs as zero (denormals-are-zero)
 _MXCSR_OFFSET = 28           # of the SSE control register in glibc's x86-64 fenv_t, after the x87 state
@@ -33,3 +40,31 @@ def flush_denormals():
     mxcsr, = struct.unpack_from("<I", env.raw, _MXCSR_OFFSET)
     struct.pack_into("<I", env, _MXCSR_OFFSET, mxcsr | _FTZ | _DAZ)
     return libm.fesetenv(env) == 0
+
+
+def choose_threads(requested, multiply_adds, batch_per_context, contexts, cores=None):
+    """(threads per context for MXNet's operators, why): requested, or from the work and the cores if "auto".
+
+    multiply_adds: of one sample's forward pass; batch_per_context: the samples each context steps on.
+    """
+    cores = cores or len(os.sched_getaffinity(0))
+    if requested != "auto":
+        return int(requested), "as --threads says"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"]), "as OMP_NUM_THREADS says"
+    flops = 6 * multiply_adds * batch_per_context  # forward (2 per multiply-add) and backward (twice that)
+    # Each context has its own engine thread, which runs its operators and their OpenMP threads; Python
+    # queues the work besides. So the cores are shared between the contexts, and a small step takes one.
+    share = max(1, cores // contexts)
+    threads = max(1, min(share, int(flops // FLOPS_PER_THREAD)))
+    return threads, f"auto: {flops / 1e6:,.0f} MFLOP a step per context, {contexts} context(s), {cores} cores"
+
+
+def use_threads(threads):
+    """Make MXNet's operators use this many OpenMP threads; return False if MXNet is loaded already."""
+    if "mxnet" in sys.modules:  # it read its thread counts as it loaded: too late to change them
+        return False
+    for name in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")  # one engine thread per CPU context, as by default
+    return True

@@ -4,6 +4,7 @@ A configuration that cannot fit is refused with one line that gives the estimate
 inside MXNet. The estimate counts what the run allocates: the data on each device, the parameters, their
 gradients and the optimizer's state, and each executor's activations and their gradients.
 """
+import math
 import os
 import resource
 
@@ -26,7 +27,7 @@ def estimate(symbol, sample_shape, data_bytes, contexts, opt, train_batch, score
     """
     import mxnet as mx
     shapes = _argument_shapes(symbol, sample_shape, 1)
-    params = sum(_size(shape) for name, shape in shapes.items() if name not in ("data", "softmax_label"))
+    params = sum(math.prod(shape) for name, shape in shapes.items() if name not in ("data", "softmax_label"))
     # Weights and gradients on every context, a scoring executor's own gradient buffers, the optimizer state.
     count = len(contexts)
     parameters = _BYTES * params * (3 * count + len(opt.new_state(mx.nd.zeros(1))))
@@ -65,14 +66,7 @@ def _activations(symbol, sample_shape, rows):
     """Floats held by one executor's forward outputs over rows samples (its backward holds as many again)."""
     internals = symbol.get_internals()
     _, outputs, _ = internals.infer_shape(data=(rows, *sample_shape), softmax_label=(rows,))
-    return sum(_size(shape) for shape in outputs)
-
-
-def _size(shape):
-    size = 1
-    for dim in shape:
-        size *= dim
-    return size
+    return sum(math.prod(shape) for shape in outputs)
 
 
 def _gb(size):

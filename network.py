@@ -34,10 +34,11 @@ def lenet(num_classes=10, num_hidden=None):
     return sym.SoftmaxOutput(x, label=sym.var("softmax_label"), name="softmax")
 
 
-# name -> (builder, the shape of one sample as the network's data input takes it)
+# name -> (builder, the shape of one sample as its data input takes it, its multiply-adds per sample for
+# given hidden widths: what cpu.py weighs to choose the threads before MXNet loads)
 NETWORKS = {
-    "mlp": (mlp, (784,)),
-    "lenet": (lenet, (1, 28, 28)),
+    "mlp": (mlp, (784,), lambda hidden: sum(a * b for a, b in zip((784, *hidden), (*hidden, 10)))),
+    "lenet": (lenet, (1, 28, 28), lambda hidden: 20 * 24 * 24 * 25 + 50 * 8 * 8 * 500 + 800 * 500 + 500 * 10),
 }
 
 
@@ -45,10 +46,15 @@ def get_symbol(name="mlp", num_classes=10, num_hidden=(128, 64)):
     """The network NETWORKS names, ending in SoftmaxOutput; num_hidden sets the MLP's widths."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}: use one of {', '.join(NETWORKS)}")
-    builder, _ = NETWORKS[name]
+    builder, _, _ = NETWORKS[name]
     return builder(num_classes, num_hidden)
 
 
 def sample_shape(name):
     """The shape of one sample as network name's data input takes it: (784,) or (1, 28, 28)."""
     return NETWORKS[name][1]
+
+
+def multiply_adds(name, num_hidden):
+    """The multiply-adds of one sample's forward pass through network name."""
+    return NETWORKS[name][2](tuple(num_hidden))

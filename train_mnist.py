@@ -14,6 +14,7 @@ import checks  # noqa: E402
 import cli  # noqa: E402
 import cpu  # noqa: E402
 import errors  # noqa: E402
+import network  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Config:
     gpus: str = ""                    # GPU ids to train on, such as 0 or 0,1; empty: the CPU
     cpus: int = 0                     # train on this many CPU contexts, mx.cpu(0) to mx.cpu(N-1); 0: one
     kv_store: Literal["local", "device", "dist_sync", "horovod"] = "device"  # sums gradients over devices, machines
+    threads: str = "auto"             # CPU threads per context for MXNet's operators; auto: from the work
     fast: bool = True                 # the speed tricks of fast.py; --no-fast trains the plain way
     batch_size: int = 100             # samples per step, over all devices and workers
     num_epochs: int = 15              # passes over the training set
@@ -183,7 +185,12 @@ def main(argv=None):
         import optimizer
         rates = ", ".join(f"{name} {cls.default_learning_rate:g}" for name, cls in sorted(optimizer.OPTIMIZERS.items()))
         config = cli.parse(Config, argv, prog=program, description=__doc__, notes={"lr": rates})
-        cpu.flush_denormals()  # before MXNet starts its threads, which inherit it: see cpu.py
+        contexts = config.cpus or (len(config.gpus.split(",")) if config.gpus else 1)
+        threads, why = cpu.choose_threads(config.threads, network.multiply_adds(config.network, config.num_hidden),
+                                          -(-config.batch_size // contexts), contexts)
+        applied = cpu.use_threads(threads)  # before MXNet loads, which reads them once: see cpu.py
+        print(f"threads: {threads} ({why})" if applied else "threads: those MXNet loaded with, before main() ran")
+        cpu.flush_denormals()  # before MXNet starts its threads, which inherit it
         os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read at bind time; silences a banner per executor
         import report
         console = report.Console(sys.stdout)

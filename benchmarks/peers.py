@@ -1,4 +1,12 @@
-"""One benchmark peer per process: train the same MLP on MNIST and print one JSON line of figures."""
+"""One benchmark peer per process: train a network on MNIST as that peer does, print one JSON line of figures.
+
+    python benchmarks/peers.py PEER --data-dir D [--network mlp|lenet] [--hidden 128,64] [--batch 100]
+                               [--epochs N] [--threads N]
+
+Every peer starts from the same Glorot weights (the trainer's own init, seed 42 unless --seed), trains with
+plain SGD at lr 0.1, and reports its seconds per epoch. MXNet's peers take their threads from the
+environment the runner gives them; PyTorch's from --threads; the GEMMs-only bound uses all cores.
+"""
 import argparse
 import json
 import os
@@ -9,106 +17,106 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
-import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-import data  # noqa: E402
-import devices  # noqa: E402
-import initializer  # noqa: E402
-import loss  # noqa: E402
-import network  # noqa: E402
-import sync  # noqa: E402
-import train_mnist  # noqa: E402
-
-BATCH, LR, HIDDEN = 100, 0.1, (128, 64)
+LR = 0.1
 
 
-def _initial_params(seed):
-    """The trainer's own Glorot init, as NDArrays in the symbol's argument order."""
-    layout = devices.Layout(network.get_symbol("mlp", 10, HIDDEN), (784,))
+def _mxnet():
+    import mxnet as mx
+    return mx
+
+
+def _initial(network_name, hidden, seed):
+    """The trainer's own Glorot init, name -> numpy array in the symbol's argument order."""
+    import devices
+    import initializer
+    import network
+    mx = _mxnet()
+    layout = devices.Layout(network.get_symbol(network_name, 10, hidden), network.sample_shape(network_name))
     params = {name: mx.nd.zeros(layout.shapes[name]) for name in layout.names}
     initializer.glorot_uniform(params, np.random.RandomState(seed))
-    return params
+    return {name: array.asnumpy() for name, array in params.items()}
 
 
-def _group(graph):
-    """One CPU context bound for graph, plainly, with the trainer's initial weights."""
-    symbol = network.get_symbol("mlp", 10, HIDDEN)
-    group = devices.Group([mx.cpu()], devices.Layout(symbol, (784,)), sync.create("device", 1), lambda ctx: {},
-                          lambda samples, train: graph)
-    initializer.glorot_uniform(group.params, np.random.RandomState(0))
-    return group
+def _arrays(data_dir, network_name):
+    import data
+    import network
+    train_x, train_y, test_x, test_y = data.load_mnist(data_dir)  # the floats the trainer sees
+    shape = (-1, *network.sample_shape(network_name))
+    return train_x.reshape(shape), train_y.astype(np.float32), test_x.reshape(shape), test_y.astype(np.float32)
 
 
-def peer_ours(data_dir, epochs, seed):
-    config = train_mnist.Config(data_dir=data_dir, num_epochs=epochs, seed=seed)
-    history = train_mnist.train(config)
-    return [r["epoch_seconds"] for r in history], history[-1]["test_acc"], {"score_ms": _score_ms(data_dir)}
+def peer_plain(args):
+    """python train_mnist.py --no-fast: the trainer without the speed tricks of fast.py."""
+    return peer_ours(args, ["--no-fast"])
 
 
-def _score_ms(data_dir, repeats=21):
-    """Median time to score the whole test set through the trainer's own evaluate()."""
-    arrays = data.load_mnist(data_dir, as_bytes=True)
-    _, test_iter = data.mnist_iters(arrays, BATCH, [mx.cpu()], (784,), None)
-    group = _group(loss.training_graph(network.get_symbol("mlp", 10, HIDDEN), "builtin"))
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        train_mnist.evaluate(group, test_iter)
-        times.append(time.perf_counter() - tic)
-    return 1000 * float(np.median(times))
+def peer_ours(args, extra=()):
+    """python train_mnist.py, as a user runs it: the threads chosen by its own rule."""
+    import tempfile
+    import train_mnist
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = os.path.join(tmp, "metrics.jsonl")
+        flags = ["--data-dir", args.data_dir, "--network", args.network, "--batch-size", str(args.batch),
+                 "--num-epochs", str(args.epochs), "--seed", str(args.seed), "--lr", str(LR), "--disp-batches", "0",
+                 "--metrics-file", metrics] + (["--num-hidden", ",".join(map(str, args.hidden))]
+                                               if args.network == "mlp" else []) + list(extra)
+        if train_mnist.main(flags) != 0:
+            raise RuntimeError("train_mnist.py failed")
+        with open(metrics) as f:
+            history = [json.loads(line) for line in f]
+    return [r["epoch_seconds"] for r in history], history[-1]["test_acc"], {}
 
 
-def peer_startup(data_dir, epochs, seed):
-    """Stop at the first training batch; run.py reads the wall-clock time this prints."""
-    class FirstBatch(Exception):
-        pass
-
-    def stop_at_first_batch(*args, **kwargs):
-        raise FirstBatch
-    devices.Group.load = stop_at_first_batch
-    try:
-        train_mnist.train(train_mnist.Config(data_dir=data_dir, seed=seed))
-    except FirstBatch:
-        return [], None, {"first_batch_at": time.time()}
-    raise RuntimeError("training never reached its first batch")
-
-
-def peer_module(data_dir, epochs, seed):
-    train_x, train_y, test_x, test_y = data.load_mnist(data_dir)
-    np.random.seed(seed)  # NDArrayIter shuffles with numpy's global RNG
-    train_iter = mx.io.NDArrayIter(train_x, train_y.astype(np.float32), BATCH, shuffle=True)
-    module = mx.mod.Module(network.get_symbol("mlp", 10, HIDDEN), context=mx.cpu())
-    stamps = []
-    tic = [0.0]
-    module.fit(train_iter, num_epoch=epochs, optimizer="sgd", optimizer_params={"learning_rate": LR},
-               arg_params=_initial_params(seed), eval_metric="acc",
-               batch_end_callback=lambda p: tic.__setitem__(0, tic[0] or time.perf_counter()),
+def peer_module(args):
+    import network
+    mx = _mxnet()
+    train_x, train_y, test_x, test_y = _arrays(args.data_dir, args.network)
+    np.random.seed(args.seed)  # NDArrayIter shuffles with numpy's global RNG
+    train_iter = mx.io.NDArrayIter(train_x, train_y, args.batch, shuffle=True)
+    module = mx.mod.Module(network.get_symbol(args.network, 10, args.hidden), context=mx.cpu())
+    stamps, first = [], []
+    module.fit(train_iter, num_epoch=args.epochs, optimizer="sgd", optimizer_params={"learning_rate": LR},
+               arg_params={k: mx.nd.array(v) for k, v in _initial(args.network, args.hidden, args.seed).items()},
+               eval_metric="acc", batch_end_callback=lambda p: first or first.append(time.perf_counter()),
                epoch_end_callback=lambda *a: stamps.append(time.perf_counter()))
     # fit() has no start-of-epoch hook: epoch 1 runs from its first batch, later ones from the previous end.
-    seconds = np.diff([tic[0]] + stamps).tolist()
-    test_iter = mx.io.NDArrayIter(test_x, test_y.astype(np.float32), 1000)
+    seconds = np.diff(first + stamps).tolist()
+    test_iter = mx.io.NDArrayIter(test_x, test_y, 1000)
     return seconds, dict(module.score(test_iter, "acc"))["accuracy"], {}
 
 
-def peer_gluon(data_dir, epochs, seed):
-    from mxnet import autograd, gluon
-    train_x, train_y, test_x, test_y = data.load_mnist(data_dir)
+def _gluon_net(network_name, hidden):
+    from mxnet import gluon
     net = gluon.nn.HybridSequential()
-    for width in HIDDEN:
-        net.add(gluon.nn.Dense(width, activation="relu"))
+    if network_name == "mlp":
+        for width in hidden:
+            net.add(gluon.nn.Dense(width, activation="relu"))
+    else:
+        for filters in (20, 50):
+            net.add(gluon.nn.Conv2D(filters, 5, activation="tanh"), gluon.nn.MaxPool2D(2, 2))
+        net.add(gluon.nn.Flatten(), gluon.nn.Dense(500, activation="tanh"))
     net.add(gluon.nn.Dense(10))
+    return net
+
+
+def peer_gluon(args):
+    from mxnet import autograd, gluon
+    mx = _mxnet()
+    train_x, train_y, test_x, test_y = _arrays(args.data_dir, args.network)
+    net = _gluon_net(args.network, args.hidden)
     net.initialize()
-    net(mx.nd.zeros((BATCH, 784)))
-    for param, value in zip(net.collect_params().values(), _initial_params(seed).values()):
-        param.set_data(value)
+    net(mx.nd.zeros((args.batch, *train_x.shape[1:])))
+    for param, value in zip(net.collect_params().values(), _initial(args.network, args.hidden, args.seed).values()):
+        param.set_data(mx.nd.array(value))
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": LR})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    np.random.seed(seed)
-    train_iter = mx.io.NDArrayIter(train_x, train_y.astype(np.float32), BATCH, shuffle=True)
+    np.random.seed(args.seed)
+    train_iter = mx.io.NDArrayIter(train_x, train_y, args.batch, shuffle=True)
     seconds = []
-    for _ in range(epochs):
+    for _ in range(args.epochs):
         tic = time.perf_counter()
         train_iter.reset()
         metric = mx.metric.Accuracy()
@@ -118,7 +126,7 @@ def peer_gluon(data_dir, epochs, seed):
                 out = net(x)
                 loss = loss_fn(out, y)
             loss.backward()
-            trainer.step(BATCH)
+            trainer.step(args.batch)
             metric.update([y], [out])
         metric.get()
         seconds.append(time.perf_counter() - tic)
@@ -126,46 +134,74 @@ def peer_gluon(data_dir, epochs, seed):
     return seconds, float(np.mean(pred == test_y)), {}
 
 
-def peer_floor(data_dir, epochs, seed):
-    train_x, train_y, _, _ = data.load_mnist(data_dir)
-    group = _group(network.get_symbol("mlp", 10, HIDDEN))
-    (exe,), _ = group.load(mx.io.DataBatch([mx.nd.array(train_x[:BATCH])], [mx.nd.array(train_y[:BATCH])], pad=0))
-    for name, value in _initial_params(seed).items():
+def peer_floor(args):
+    """MXNet's own forward and backward of the bound network, nothing else: no data movement, update, metric."""
+    import network
+    mx = _mxnet()
+    symbol = network.get_symbol(args.network, 10, args.hidden)
+    grad_req = {name: "null" if name in ("data", "softmax_label") else "write" for name in symbol.list_arguments()}
+    exe = symbol.simple_bind(mx.cpu(), grad_req=grad_req, data=(args.batch, *network.sample_shape(args.network)))
+    for name, value in _initial(args.network, args.hidden, args.seed).items():
         exe.arg_dict[name][:] = value
     seconds = []
-    for _ in range(epochs):
+    for _ in range(args.epochs):
         tic = time.perf_counter()
-        for _ in range(len(train_x) // BATCH):
+        for _ in range(60000 // args.batch):
             exe.forward(is_train=True)
             exe.backward()
-        group.grads.flat.wait_to_read()
+        mx.nd.waitall()
         seconds.append(time.perf_counter() - tic)
     return seconds, None, {}
 
 
-def peer_torch(data_dir, epochs, seed):
-    import torch
-    torch.manual_seed(seed)
-    train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in data.load_mnist(data_dir))
-    train_y, test_y = train_y.long(), test_y.long()
-    layers, width_in = [], 784
-    for width in HIDDEN:
-        layers += [torch.nn.Linear(width_in, width), torch.nn.ReLU()]
-        width_in = width
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(width_in, 10))
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    values = list(_initial_params(seed).values())
-    with torch.no_grad():
-        for i, linear in enumerate(linears):
-            linear.weight.copy_(torch.from_numpy(values[2 * i].asnumpy()))
-            linear.bias.copy_(torch.from_numpy(values[2 * i + 1].asnumpy()))
-    opt = torch.optim.SGD(net.parameters(), lr=LR)
-    generator = torch.Generator().manual_seed(seed)
+def peer_gemm(args):
+    """The matrix products of an MLP step alone, with numpy's BLAS on every core: the GEMMs-only bound."""
+    dims = (784, *args.hidden, 10)
+    rng = np.random.RandomState(0)
+    weights = [rng.rand(dims[i + 1], dims[i]).astype(np.float32) for i in range(len(dims) - 1)]
+    acts = [rng.rand(args.batch, d).astype(np.float32) for d in dims]
     seconds = []
-    for _ in range(epochs):
+    for _ in range(args.epochs):
+        tic = time.perf_counter()
+        for _ in range(60000 // args.batch):
+            for i, w in enumerate(weights):
+                acts[i] @ w.T                      # forward
+                acts[i + 1].T @ acts[i]            # the weight's gradient
+                if i:
+                    acts[i + 1] @ w                # the gradient of the layer's input (not of the data)
+        seconds.append(time.perf_counter() - tic)
+    return seconds, None, {}
+
+
+def peer_torch(args):
+    import torch
+    torch.set_num_threads(args.threads or os.cpu_count())
+    torch.manual_seed(args.seed)
+    train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in _arrays(args.data_dir, args.network))
+    train_y, test_y = train_y.long(), test_y.long()
+    if args.network == "mlp":
+        layers, width_in = [], 784
+        for width in args.hidden:
+            layers += [torch.nn.Linear(width_in, width), torch.nn.ReLU()]
+            width_in = width
+        net = torch.nn.Sequential(*layers, torch.nn.Linear(width_in, 10))
+    else:
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 20, 5), torch.nn.Tanh(), torch.nn.MaxPool2d(2, 2),
+                                  torch.nn.Conv2d(20, 50, 5), torch.nn.Tanh(), torch.nn.MaxPool2d(2, 2),
+                                  torch.nn.Flatten(), torch.nn.Linear(800, 500), torch.nn.Tanh(), torch.nn.Linear(500, 10))
+    learnable = [m for m in net if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    values = list(_initial(args.network, args.hidden, args.seed).values())
+    with torch.no_grad():
+        for i, layer in enumerate(learnable):
+            layer.weight.copy_(torch.from_numpy(values[2 * i]))
+            layer.bias.copy_(torch.from_numpy(values[2 * i + 1]))
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    generator = torch.Generator().manual_seed(args.seed)
+    seconds = []
+    for _ in range(args.epochs):
         tic = time.perf_counter()
         correct = torch.zeros((), dtype=torch.long)
-        for idx in torch.randperm(len(train_x), generator=generator).split(BATCH):
+        for idx in torch.randperm(len(train_x), generator=generator).split(args.batch):
             x, y = train_x[idx], train_y[idx]
             out = net(x)
             loss = torch.nn.functional.cross_entropy(out, y)
@@ -180,20 +216,25 @@ def peer_torch(data_dir, epochs, seed):
     return seconds, acc, {"torch_threads": torch.get_num_threads()}
 
 
-PEERS = {"startup": peer_startup, "ours": peer_ours, "module": peer_module, "gluon": peer_gluon, "floor": peer_floor, "torch": peer_torch}
+PEERS = {"ours": peer_ours, "plain": peer_plain, "module": peer_module, "gluon": peer_gluon, "floor": peer_floor, "gemm": peer_gemm,
+         "torch": peer_torch}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("peer", choices=sorted(PEERS))
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--network", default="mlp", choices=("mlp", "lenet"))
+    parser.add_argument("--hidden", default=(128, 64), type=lambda text: tuple(int(w) for w in text.split(",")))
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=0, help="PyTorch's threads; 0: all cores")
     args = parser.parse_args()
-    seconds, test_acc, extra = PEERS[args.peer](args.data_dir, args.epochs, args.seed)
+    seconds, test_acc, extra = PEERS[args.peer](args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(json.dumps({"peer": args.peer, "epoch_seconds": seconds, "test_acc": test_acc,
-                      "peak_rss_mb": peak_mb, **extra}))
+    print(json.dumps({"peer": args.peer, "epoch_seconds": seconds, "test_acc": test_acc, "peak_rss_mb": peak_mb,
+                      **extra}))
 
 
 if __name__ == "__main__":

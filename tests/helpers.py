@@ -157,3 +157,16 @@ def batch_of(images, labels):
     """One DataBatch of float32 images and labels, as an MXNet iterator yields it."""
     import mxnet as mx
     return mx.io.DataBatch([mx.nd.array(images)], [mx.nd.array(labels)], pad=0)
+
+
+def saved_params(prefix, epoch):
+    """The parameters of checkpoint PREFIX-%04d.params, as numpy arrays by their file key."""
+    import mxnet as mx
+    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
+
+
+def assert_params_close(a, b, tol=1e-5):
+    """Two parameter sets with the same names, equal within tol (relative and absolute)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)

@@ -55,3 +55,35 @@ def test_main_sets_the_flags_before_mxnet_loads():
              "train_mnist.main(['--num-epochs', '1', '--data-dir', '/nonexistent'])\nprint(calls)")
     done = subprocess.run([sys.executable, "-c", probe.format(root=ROOT)], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[False]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("hidden, batch, contexts, cores, expected", [
+    ((128, 64), 100, 1, 2, 1),        # the default: 66 MFLOP a step, a second thread only slows it
+    ((256, 256), 100, 1, 2, 1),       # 161 MFLOP: at the crossover measured here
+    ((512, 512), 100, 1, 2, 2),       # 401 MFLOP: two threads pay
+    ((4096, 4096), 256, 1, 2, 2),     # as many as the cores
+    ((4096, 4096), 256, 1, 64, 64),   # on a 64-core machine too
+    ((1024, 1024), 100, 1, 64, 5),    # 1.1 GFLOP: a thread per 200 MFLOP, not all 64
+    ((4096, 4096), 256, 4, 64, 16),   # four contexts share the cores
+    ((4096, 4096), 256, 4, 2, 1),     # more contexts than cores: one each
+])
+def test_the_thread_rule_weighs_the_work_and_the_cores(monkeypatch, hidden, batch, contexts, cores, expected):
+    import cpu
+    import network
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads, why = cpu.choose_threads("auto", network.multiply_adds("mlp", hidden), batch, contexts, cores)
+    assert threads == expected and why.startswith("auto: ") and f"{cores} cores" in why
+
+
+def test_an_explicit_count_and_the_environment_override_the_rule(monkeypatch):
+    import cpu
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu.choose_threads("3", 10 ** 6, 100, 1, 2) == (3, "as --threads says")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert cpu.choose_threads("auto", 10 ** 6, 100, 1, 2) == (4, "as OMP_NUM_THREADS says")
+
+
+def test_the_first_line_of_a_run_says_its_threads_and_why(tmp_path):
+    done = subprocess.run([sys.executable, "train_mnist.py", "--data-dir", str(tmp_path), "--threads", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert done.stdout.splitlines()[0] == "threads: 2 (as --threads says)"

@@ -5,11 +5,9 @@ import subprocess
 import sys
 import time
 
-import mxnet as mx
-import numpy as np
 import pytest
 
-from helpers import ROOT, run_cli
+from helpers import ROOT, assert_params_close, run_cli, saved_params
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
@@ -18,9 +16,6 @@ FLAGS = ["--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16", "--
 needs_horovod = pytest.mark.skipif(not os.path.exists(HOROVODRUN),
                                    reason="Horovod is not installed (requirements-horovod.txt; .ci/run builds it)")
 
-
-def _params(prefix, epoch):
-    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
 
 
 @needs_horovod
@@ -35,9 +30,7 @@ def test_two_horovod_processes_train_like_one_and_end_on_their_own(synthetic_dir
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert time.time() - started < 240
     for epoch in (1, 3):
-        ours, theirs = _params(tmp_path / "one", epoch), _params(tmp_path / "hvd", epoch)
-        for name in ours:
-            np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-5, atol=1e-5, err_msg=name)
+        assert_params_close(saved_params(tmp_path / "hvd", epoch), saved_params(tmp_path / "one", epoch))
     assert job.stdout.count("final test accuracy") == 1  # rank 0 alone reports
 
 

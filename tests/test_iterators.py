@@ -7,7 +7,7 @@ import pytest
 
 import data
 import train_mnist
-from helpers import REAL_MNIST, write_mnist
+from helpers import REAL_MNIST, assert_params_close, saved_params, write_mnist
 
 
 def _config(folder, **overrides):
@@ -21,9 +21,6 @@ def _ndarray_iters(folder, batch=100, **kwargs):
     return (mx.io.NDArrayIter(train_x, train_y.astype(np.float32), batch, shuffle=True, **kwargs),
             mx.io.NDArrayIter(test_x, test_y.astype(np.float32), 1000))
 
-
-def _params(prefix, epoch):
-    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
 
 
 class CountingIter(mx.io.DataIter):
@@ -63,7 +60,7 @@ def test_a_padded_last_batch_is_never_counted_nor_trained_on(synthetic_dir, tmp_
         assert iters[0].resets >= 3  # reset() at every epoch
     figures = ("train_loss", "train_acc", "test_loss", "test_acc")
     assert [[r[k] for k in figures] for r in histories[0]] == [[r[k] for k in figures] for r in histories[1]]
-    padded, short = _params(tmp_path / "padded", 3), _params(tmp_path / "short", 3)
+    padded, short = saved_params(tmp_path / "padded", 3), saved_params(tmp_path / "short", 3)
     assert all(np.array_equal(padded[name], short[name]) for name in padded)
 
 
@@ -88,9 +85,7 @@ def test_a_users_iterator_is_split_across_contexts_like_one(synthetic_dir, tmp_p
     for name, cpus in (("one", 0), ("two", 2)):
         iters = (CountingIter(train_x, train_y.astype(np.float32), 64), CountingIter(test_x, test_y.astype(np.float32), 64))
         train_mnist.train(_config(synthetic_dir, cpus=cpus, fast=fast, model_prefix=str(tmp_path / name)), *iters)
-    one, two = _params(tmp_path / "one", 3), _params(tmp_path / "two", 3)
-    for name in one:
-        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert_params_close(saved_params(tmp_path / "two", 3), saved_params(tmp_path / "one", 3))
 
 
 def test_the_built_in_source_is_a_data_iter_that_module_fit_can_use(synthetic_dir):

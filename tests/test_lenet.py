@@ -9,7 +9,7 @@ import pytest
 
 import plots
 import train_mnist
-from helpers import ROOT, run_cli
+from helpers import ROOT, assert_params_close, run_cli, saved_params
 
 
 def _config(folder, **overrides):
@@ -18,14 +18,6 @@ def _config(folder, **overrides):
     return train_mnist.Config(**settings)
 
 
-def _params(prefix, epoch):
-    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
-
-
-def _close(a, b, tol=1e-5):
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(optimizer="nag", mom=0.9, wd=1e-4), dict(optimizer="adam"),
@@ -51,13 +43,13 @@ def test_lenet_on_two_contexts_and_on_the_plain_path_trains_like_the_default(syn
     for name, settings in (("one", {}), ("two", {"cpus": 2}), ("plain", {"fast": False})):
         train_mnist.train(_config(synthetic_dir, batch_size=64, num_epochs=1, model_prefix=str(tmp_path / name),
                                   **settings))
-    _close(_params(tmp_path / "one", 1), _params(tmp_path / "two", 1))
-    _close(_params(tmp_path / "one", 1), _params(tmp_path / "plain", 1))
+    assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "two", 1))
+    assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "plain", 1))
 
 
 def test_lenet_over_dist_sync_trains_like_one_process(synthetic_dir, tmp_path):
     flags = ["--data-dir", synthetic_dir, "--network", "lenet", "--num-epochs", "1", "--batch-size", "64",
-             "--disp-batches", "0", "--plot-dir", "none"]
+             "--disp-batches", "0", "--plot-dir", "none", "--threads", "1"]  # one thread each: the same sums
     train = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
     single = subprocess.run(train + flags + ["--model-prefix", str(tmp_path / "one")], capture_output=True,
                             text=True, timeout=300)
@@ -66,7 +58,7 @@ def test_lenet_over_dist_sync_trains_like_one_process(synthetic_dir, tmp_path):
                            "--"] + train + flags + ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")],
                           capture_output=True, text=True, timeout=300)
     assert dist.returncode == 0, dist.stderr
-    _close(_params(tmp_path / "one", 1), _params(tmp_path / "dist", 1))
+    assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "dist", 1))
 
 
 def test_lenet_draws_its_pictures(synthetic_dir, tmp_path):

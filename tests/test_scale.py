@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 
 import train_mnist
-from helpers import ROOT
+from helpers import ROOT, assert_params_close, saved_params
 
 LAUNCH = [sys.executable, os.path.join(ROOT, "launch.py")]
 TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
 
 
-def _params(prefix, epoch):
-    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
-
-
-def _assert_close(a, b, tol=1e-5):
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
 
 
 @pytest.mark.parametrize("cpus, settings", [(2, {}), (3, {"mom": 0.9}), (2, {"optimizer": "adam", "lr": 0.001})])
@@ -35,7 +27,7 @@ def test_several_contexts_train_like_one_with_the_same_global_batch(synthetic_di
     one = train_mnist.train(train_mnist.Config(model_prefix=str(tmp_path / "one"), **common))
     many = train_mnist.train(train_mnist.Config(model_prefix=str(tmp_path / "many"), cpus=cpus, **common))
     for epoch in (1, 3):  # after one epoch's 17 steps, and after 51
-        _assert_close(_params(tmp_path / "one", epoch), _params(tmp_path / "many", epoch))
+        assert_params_close(saved_params(tmp_path / "one", epoch), saved_params(tmp_path / "many", epoch))
     for a, b in zip(one, many):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-9)
@@ -63,7 +55,7 @@ def _same_as_single(single, dist, tmp_path):
     assert dist.returncode == 0, dist.stderr
     assert dist.stdout.count("final test accuracy") == 1  # rank 0 alone reports
     for epoch in (1, 3):
-        _assert_close(_params(tmp_path / "single", epoch), _params(tmp_path / "dist", epoch))
+        assert_params_close(saved_params(tmp_path / "single", epoch), saved_params(tmp_path / "dist", epoch))
     # Over ssh -tt the workers write to a terminal: each line comes with the codes that draw over the bar.
     lines = [line.replace("\033[K", "").strip() for line in dist.stdout.replace("\r", "\n").splitlines()]
     lines = [line for line in lines if line.startswith("epoch ")]

@@ -219,7 +219,7 @@ def test_main_prints_config_progress_and_one_line_per_epoch(capsys, synthetic_di
                              "--disp-batches", "5")
     lines = out.splitlines()
     assert code == 0 and err == ""
-    assert lines[0].startswith("config: --num-epochs 2 --lr 0.2 --data-dir")
+    assert lines[0].startswith("threads: ") and lines[1].startswith("config: --num-epochs 2 --lr 0.2 --data-dir")
     epochs = [line for line in lines if line.startswith("epoch") and " train loss " in line]
     assert [line.split()[1] for line in epochs] == ["1", "2"] and lines[-1].startswith("final test accuracy")
     assert all(len(line) <= 80 or " " not in line.strip() for line in lines)

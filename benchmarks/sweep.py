@@ -1,0 +1,114 @@
+"""The size sweep: seconds per epoch of the trainer and its peers, from the tutorial's MLP to 4096 wide, and LeNet.
+
+Each peer runs in its own process (benchmarks/peers.py); every round runs every row and peer once, the rounds
+interleaved, and each figure is the median over the rounds of each run's median of epochs 2..N. MXNet's peers
+(Module.fit, Gluon, the forward+backward floor) get the threads the trainer's own rule picks for the row;
+PyTorch runs at 1 thread and at all cores. It writes results/sweep.json and the Markdown table, into
+docs/speed.md with --doc. It asserts nothing.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import cpu  # noqa: E402 (light: no MXNet)
+import network  # noqa: E402
+
+# (network, hidden widths, batch, epochs): the widest rows get fewer epochs, each being minutes long here.
+ROWS = [("mlp", (128, 64), 100, 4), ("mlp", (128, 64), 1000, 4), ("mlp", (512, 512), 100, 3),
+        ("mlp", (1024, 1024), 100, 3), ("mlp", (2048, 2048), 256, 2), ("mlp", (4096, 4096), 256, 2),
+        ("lenet", (), 100, 2)]
+QUICK = [("mlp", (128, 64), 100, 2), ("mlp", (512, 512), 100, 2)]
+_MARK = "<!-- sweep table -->"
+
+
+def _peers(row, torch_python):
+    names = ["ours", "plain", "module", "gluon", "floor"] + (["gemm"] if row[0] == "mlp" else [])
+    return names + (["torch:1", f"torch:{os.cpu_count()}"] if torch_python else [])
+
+
+def _run(peer, row, data_dir, python, threads):
+    name, hidden, batch, epochs = row
+    peer_name, _, torch_threads = peer.partition(":")
+    command = [python, os.path.join(HERE, "peers.py"), peer_name, "--data-dir", data_dir, "--network", name,
+               "--batch", str(batch), "--epochs", str(epochs), "--threads", torch_threads or "0"]
+    command += ["--hidden", ",".join(map(str, hidden))] if hidden else []
+    env = dict(os.environ)
+    if peer_name in ("module", "gluon", "floor"):  # MXNet's peers: the threads of the trainer's own rule
+        env.update(OMP_NUM_THREADS=str(threads), MXNET_OMP_MAX_THREADS=str(threads))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{peer} on {row} failed: {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds = result["epoch_seconds"]
+    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds), result["test_acc"]
+
+
+def _threads(row):
+    name, hidden, batch, _ = row
+    return cpu.choose_threads("auto", network.multiply_adds(name, hidden), batch, 1)[0]
+
+
+def _table(rows, results, peers_of):
+    columns = ["ours", "plain", "module", "gluon", "torch:1", f"torch:{os.cpu_count()}", "floor", "gemm"]
+    head = ["network, hidden, batch", "threads", "ours", "ours --no-fast", "Module.fit", "Gluon", "PyTorch 1 thread",
+            f"PyTorch {os.cpu_count()} threads", "MXNet fwd+bwd floor", "GEMMs only", "ours / best PyTorch",
+            "ours / GEMMs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        got = {peer: statistics.median(s for s, _ in results[(row, peer)]) for peer in peers_of[row]}
+        torch_best = min((got[p] for p in got if p.startswith("torch")), default=None)
+        cells = [f"{row[0]} {','.join(map(str, row[1])) or '-'}, {row[2]}", str(_threads(row))]
+        cells += [f"{got[c]:.3f}" if c in got else "-" for c in columns]
+        cells += [f"{got['ours'] / torch_best:.2f}" if torch_best else "-",
+                  f"{got['ours'] / got['gemm']:.2f}" if "gemm" in got else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", os.path.join(ROOT, "..", "shared", "mnist")))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="two small rows, two epochs: a check that it runs")
+    parser.add_argument("--torch-python", default=sys.executable if importlib.util.find_spec("torch") else "",
+                        help="a Python with torch==2.13.0 (and this project's requirements); empty: no PyTorch")
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "sweep.json"))
+    parser.add_argument("--doc", help="replace the table in this Markdown file (between its sweep markers)")
+    args = parser.parse_args()
+    rows = QUICK if args.quick else ROWS
+    peers_of = {row: _peers(row, args.torch_python) for row in rows}
+    results = {(row, peer): [] for row in rows for peer in peers_of[row]}
+    started = time.time()
+    for round_ in range(args.rounds):
+        for row in rows:
+            for peer in peers_of[row]:
+                print(f"round {round_ + 1}/{args.rounds}: {row[:3]} {peer} ({time.time() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+                python = args.torch_python if peer.startswith("torch") else sys.executable
+                results[(row, peer)].append(_run(peer, row, args.data_dir, python, _threads(row)))
+    table = _table(rows, results, peers_of)
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"rounds": args.rounds, "cpus": os.cpu_count(), "rows": [
+            {"network": row[0], "hidden": row[1], "batch": row[2], "epochs": row[3], "threads": _threads(row),
+             "peers": {peer: results[(row, peer)] for peer in peers_of[row]}} for row in rows]}, f, indent=1)
+    if args.doc:
+        with open(args.doc) as f:
+            before, _, rest = f.read().partition(_MARK)
+            _, _, after = rest.partition(_MARK)
+        with open(args.doc, "w") as f:
+            f.write(f"{before}{_MARK}\n{table}\n{_MARK}{after}")
+
+
+if __name__ == "__main__":
+    main()
