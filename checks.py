@@ -22,12 +22,34 @@ _FLOAT32_NORMAL = (1.1754944e-38, 3.4028235e38)
 def check_config(config):
     """Raise ConfigError naming the flag of the first value that cannot work."""
     for name, kind in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if not (value is None and _default(config, name) is None or _has_type(value, kind)):
+            raise ConfigError(f"{_flag(name)} must be {_type_name(kind)}, got {value!r}")
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
         if choices and getattr(config, name) not in choices:
             raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
     for failed, message in _problems(config):
         if failed:
             raise ConfigError(message)
+
+
+def _has_type(value, kind):
+    """Whether value is of the field type kind, as Config(...) from Python may not give it (bool is no int)."""
+    if typing.get_origin(kind) is typing.Literal:
+        return True  # its choices are checked next, with their own message
+    if typing.get_origin(kind) is tuple:
+        return isinstance(value, tuple) and all(_has_type(item, typing.get_args(kind)[0]) for item in value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (int, str, bool):
+        return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    raise TypeError(f"Config has a field of a type that checks.py does not know: {kind}")
+
+
+def _type_name(kind):
+    if typing.get_origin(kind) is tuple:
+        return "a tuple of integers"
+    return {float: "a number", int: "an integer", str: "a string", bool: "True or False"}[kind]
 
 
 def _flag(name):

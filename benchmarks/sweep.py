@@ -20,6 +20,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import cpu  # noqa: E402 (light: no MXNet)
+import files  # noqa: E402
 import network  # noqa: E402
 
 # (network, hidden widths, batch, epochs): the widest rows get fewer epochs, each being minutes long here.
@@ -79,35 +80,45 @@ def main():
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", os.path.join(ROOT, "..", "shared", "mnist")))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="two small rows, two epochs: a check that it runs")
+    parser.add_argument("--rows", help="only these rows of the full sweep, by number from 1, such as 1,2")
     parser.add_argument("--torch-python", default=sys.executable if importlib.util.find_spec("torch") else "",
                         help="a Python with torch==2.13.0 (and this project's requirements); empty: no PyTorch")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "sweep.json"))
     parser.add_argument("--doc", help="replace the table in this Markdown file (between its sweep markers)")
     args = parser.parse_args()
     rows = QUICK if args.quick else ROWS
+    if args.rows:
+        numbers = [int(number) for number in args.rows.split(",")]
+        if not all(1 <= number <= len(rows) for number in numbers):
+            parser.error(f"--rows: numbers from 1 to {len(rows)}")
+        rows = [rows[number - 1] for number in numbers]
     peers_of = {row: _peers(row, args.torch_python) for row in rows}
     results = {(row, peer): [] for row in rows for peer in peers_of[row]}
     started = time.time()
     for round_ in range(args.rounds):
         for row in rows:
             for peer in peers_of[row]:
-                print(f"round {round_ + 1}/{args.rounds}: {row[:3]} {peer} ({time.time() - started:.0f} s)",
-                      file=sys.stderr, flush=True)
                 python = args.torch_python if peer.startswith("torch") else sys.executable
                 results[(row, peer)].append(_run(peer, row, args.data_dir, python, _threads(row)))
-    table = _table(rows, results, peers_of)
-    print(table)
+                # Each figure as it comes, so that a sweep cut short still leaves its measurements in its log.
+                print(f"round {round_ + 1}/{args.rounds}: {row[:3]} {peer}: {results[(row, peer)][-1][0]:.3f} s/epoch"
+                      f" (at {time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+        _write(args, rows, peers_of, results, round_ + 1)  # after every round: a sweep stopped later keeps these
+    print(_table(rows, results, peers_of))
+
+
+def _write(args, rows, peers_of, results, rounds):
+    """The JSON of the rounds done, and with --doc the table in its Markdown file."""
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"rounds": args.rounds, "cpus": os.cpu_count(), "rows": [
-            {"network": row[0], "hidden": row[1], "batch": row[2], "epochs": row[3], "threads": _threads(row),
-             "peers": {peer: results[(row, peer)] for peer in peers_of[row]}} for row in rows]}, f, indent=1)
+    figures = {"rounds": rounds, "cpus": os.cpu_count(), "rows": [
+        {"network": row[0], "hidden": row[1], "batch": row[2], "epochs": row[3], "threads": _threads(row),
+         "peers": {peer: results[(row, peer)] for peer in peers_of[row]}} for row in rows]}
+    files.write_bytes(args.out, json.dumps(figures, indent=1).encode())
     if args.doc:
         with open(args.doc) as f:
             before, _, rest = f.read().partition(_MARK)
             _, _, after = rest.partition(_MARK)
-        with open(args.doc, "w") as f:
-            f.write(f"{before}{_MARK}\n{table}\n{_MARK}{after}")
+        files.write_bytes(args.doc, f"{before}{_MARK}\n{_table(rows, results, peers_of)}\n{_MARK}{after}".encode())
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """cli.py: the command line generated from Config, its help, and the command that recreates a config."""
 import dataclasses
+import re
 import shlex
 import sys
 
@@ -41,3 +42,21 @@ def test_a_config_made_in_python_is_checked_too():
         train_mnist.Config(lr=-1)
     with pytest.raises(ValueError, match="--loss must be one of builtin, manual"):
         train_mnist.Config(loss="hinge")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden", "512,512", "--num-hidden must be a tuple of integers, got '512,512'"),
+    ("num_hidden", (512, 2.5), "--num-hidden must be a tuple of integers"),
+    ("batch_size", "100", "--batch-size must be an integer, got '100'"),
+    ("seed", True, "--seed must be an integer, got True"),
+    ("lr", "0.1", "--lr must be a number, got '0.1'"),
+    ("fast", 1, "--fast must be True or False, got 1"),
+    ("data_dir", None, "--data-dir must be a string, got None"),
+])
+def test_a_config_made_in_python_with_a_value_of_the_wrong_type_is_one_clear_error(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_mnist.Config(**{field: value})
+
+
+def test_every_type_of_config_field_is_checked_and_an_int_passes_for_a_float():
+    assert train_mnist.Config(lr=1, mom=0).lr == 1 and train_mnist.Config(lr=None).lr is None
