@@ -26,8 +26,8 @@ def check_config(config):
         if not (value is None and _default(config, name) is None or _has_type(value, kind)):
             raise ConfigError(f"{_flag(name)} must be {_type_name(kind)}, got {value!r}")
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
-        if choices and getattr(config, name) not in choices:
-            raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+        if choices and value not in choices:
+            raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
     for failed, message in _problems(config):
         if failed:
             raise ConfigError(message)

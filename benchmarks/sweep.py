@@ -88,9 +88,9 @@ def main():
     args = parser.parse_args()
     rows = QUICK if args.quick else ROWS
     if args.rows:
-        numbers = [int(number) for number in args.rows.split(",")]
+        numbers = [int(number) if number.isdigit() else 0 for number in args.rows.split(",")]
         if not all(1 <= number <= len(rows) for number in numbers):
-            parser.error(f"--rows: numbers from 1 to {len(rows)}")
+            parser.error(f"--rows takes row numbers from 1 to {len(rows)}, such as 1,2; got {args.rows}")
         rows = [rows[number - 1] for number in numbers]
     peers_of = {row: _peers(row, args.torch_python) for row in rows}
     results = {(row, peer): [] for row in rows for peer in peers_of[row]}
