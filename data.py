@@ -1,4 +1,4 @@
-"""MNIST as MXNet data iterators: the project's own, resident on the device, or MXNet's C++ MNISTIter."""
+"""The data as MXNet iterators: the project's MNISTIter, resident on the devices, or MXNet's own."""
 import atexit
 import gzip
 import os
@@ -8,147 +8,166 @@ import tempfile
 import mxnet as mx
 import numpy as np
 
-import mnist_files
-from mnist_files import DataError  # noqa: F401 (re-exported: the error every data problem raises)
+import network
+from harness import checks, datasets, devices, idx_files, memory, report
 
-# A pixel's float is its byte times this: one rounding, as dequantize computes it from the byte on a device.
+# A pixel's float is its byte times this: one rounding, as dequantize computes it on a device.
 PIXEL_SCALE = np.float32(1) / np.float32(255)
-# Large enough that the test set is scored in one pass; larger sets are scored in chunks of this size.
+# Large enough that the test set is scored in one pass; larger sets are scored in chunks of this.
 EVAL_CHUNK = 10_000
 
 
-def load_mnist(data_dir=None, mirrors=mnist_files.MIRRORS, progress=None, as_bytes=False):
-    """Return train_images, train_labels, test_images, test_labels as (N, 784) float32 in [0, 1] and int32.
+def iterators(config, contexts, rng, shard=(0, 1), log=None):
+    """The training and test iterators of config's dataset: MNISTIters on contexts, or MXNet's."""
+    # rng shuffles the training set each epoch; shard is (this worker's index, the number of
+    # workers), who split every global batch of config.batch_size. log(line) shows downloads.
+    dataset = datasets.DATASETS[config.dataset]
+    paths = idx_files.find(dataset, config.data_dir or None, progress=report.download_progress(log))
+    counts = idx_files.sample_counts(paths)
+    checks.check_batch(config.batch_size, counts[0], shard[1] * len(contexts))
+    # What the data takes in memory, from the headers alone: refused before any of it is read.
+    memory.check(memory.data_needs(counts[0], counts[2], len(contexts), config.data_iter))
+    *arrays, digests = idx_files.read(paths)
+    shape = (-1, *network.sample_shape(config.network))
+    if config.data_iter == "mxnet":
+        train, test = mxnet_iters(paths, config.batch_size, shape[1:], config.seed, shard)
+    elif config.data_iter == "mnist":
+        train_x, train_y, test_x, test_y = arrays
+        train = MNISTIter(train_x.reshape(shape), train_y, config.batch_size, contexts, rng, shard)
+        test = MNISTIter(test_x.reshape(shape), test_y, min(EVAL_CHUNK, len(test_x)), contexts)
+    else:
+        raise ValueError(f"unknown --data-iter {config.data_iter!r}")
+    train.digests = test.digests = digests
+    return train, test
 
-    as_bytes: the images as their uint8 pixel bytes instead, which to_floats() turns into those floats.
-    """
-    train_x, train_y, test_x, test_y = mnist_files.read_mnist(data_dir, mirrors, progress)
-    if not as_bytes:
-        train_x, test_x = to_floats(train_x), to_floats(test_x)
-    return train_x, train_y, test_x, test_y
+
+def load_mnist(data_dir=None, dataset="mnist"):
+    """(train_images, train_labels, test_images, test_labels): (N, 784) float32 in [0, 1], int32."""
+    paths = idx_files.find(datasets.DATASETS[dataset], data_dir)
+    train_x, train_y, test_x, test_y, _ = idx_files.read(paths)
+    return to_floats(train_x), train_y, to_floats(test_x), test_y
 
 
 def to_floats(images):
-    """uint8 pixel bytes -> float32 in [0, 1]: each byte times PIXEL_SCALE, as a device's dequantize computes it."""
+    """uint8 pixel bytes -> float32 in [0, 1]: each byte times PIXEL_SCALE, as dequantize does."""
     return images.astype(np.float32) * PIXEL_SCALE
 
 
-def mnist_iters(arrays, batch_size, contexts, sample_shape, rng, part_index=0, num_parts=1, pixel_bytes=False):
-    """The training and test MNISTIters over load_mnist(as_bytes=True)'s arrays, on every context.
-
-    The training set is shuffled by rng each epoch and split into num_parts; pixel_bytes keeps its pixels
-    as bytes (a graph that takes bytes must then dequantize them). The test set is float32, in order.
-    """
-    train_x, train_y, test_x, test_y = arrays
-    train = MNISTIter(train_x if pixel_bytes else to_floats(train_x), train_y, batch_size, contexts, sample_shape,
-                      rng, part_index, num_parts)
-    test = MNISTIter(to_floats(test_x), test_y, min(EVAL_CHUNK, len(test_x)), contexts, sample_shape)
-    return train, test
-
-
-def bound_shapes(num_samples, batch_size, part_index, num_parts, num_contexts, sample_shape):
-    """The data shapes that training binds for these samples: each context's share of full and last batches."""
-    batches = {batch_size, num_samples % batch_size} - {0}
-    return sorted({(end - begin, *sample_shape) for batch in batches
-                   for begin, end in shares(batch, part_index, num_parts, num_contexts)})
-
-
-def batches_per_epoch(train_iter):
-    """How many batches train_iter yields per epoch (counted by a pass over it if it cannot say)."""
+def batches_per_epoch(train_iter, epochs):
+    """epoch -> the batches train_iter yields in it, for each of epochs (a range), from now on."""
+    # The project's MNISTIter and NDArrayIter are counted from their settings, with the short last
+    # batch that each mode keeps, pads, drops or rolls over; any other iterator by one pass, taken
+    # as every epoch's.
     if isinstance(train_iter, MNISTIter):
-        return -(-train_iter.num_samples // train_iter.global_batch)
-    if isinstance(train_iter, mx.io.NDArrayIter):
-        return -(-train_iter.num_data // train_iter.batch_size)
-    train_iter.reset()
-    count = sum(1 for _ in train_iter)
-    train_iter.reset()
-    return count
+        counts = [-(-train_iter.num_samples // train_iter.global_batch)] * len(epochs)
+    elif isinstance(train_iter, mx.io.NDArrayIter):
+        counts = _ndarray_iter_batches(train_iter, len(epochs))
+    else:
+        train_iter.reset()
+        counts = [sum(1 for _ in train_iter)] * len(epochs)
+        train_iter.reset()
+    return dict(zip(epochs, counts))
 
 
-def device_bytes(*iterators):
-    """What the project's MNISTIters among iterators hold on each device (others hold theirs where they will)."""
-    return sum(it.device_bytes for it in iterators if isinstance(it, MNISTIter))
+def _ndarray_iter_batches(it, num_epochs):
+    """NDArrayIter's batches in each epoch, by its own cursor's arithmetic: reset, then next."""
+    size, total, cursor, counts = it.batch_size, it.num_data, it.cursor, []
+    for _ in range(num_epochs):
+        rolled = it.last_batch_handle == "roll_over" and total - size < cursor < total
+        cursor = cursor - total - size if rolled else -size
+        count = 0
+        while True:
+            cursor += size
+            if cursor >= total:
+                break
+            first_rolled = it.last_batch_handle == "roll_over" and -size < cursor < 0
+            padded = it.last_batch_handle == "pad" and cursor + size > total
+            # A short batch that is neither padded nor rolled over ends the epoch, unyielded.
+            if not (first_rolled or padded) and min(cursor + size, total) - cursor != size:
+                break
+            count += 1
+        counts.append(count)
+    return counts
 
 
-def mxnet_iters(data_dir, batch_size, data_shape, seed, part_index=0, num_parts=1, progress=None):
-    """MXNet's own C++ mx.io.MNISTIter over the same files (it reads them uncompressed), and its test iterator."""
-    mnist_files.read_mnist(data_dir, progress=progress)  # every file checked, and fetched if need be, first
-    folder = _raw_copies(data_dir)
-    flat = len(data_shape) == 1
-    common = dict(batch_size=batch_size, flat=flat, silent=True)
-    train = mx.io.MNISTIter(image=os.path.join(folder, mnist_files.FILES[0]),
-                            label=os.path.join(folder, mnist_files.FILES[1]), shuffle=True, seed=seed,
-                            num_parts=num_parts, part_index=part_index, **common)
-    test = mx.io.MNISTIter(image=os.path.join(folder, mnist_files.FILES[2]),
-                           label=os.path.join(folder, mnist_files.FILES[3]), shuffle=False, **common)
+def mxnet_iters(paths, batch_size, sample_shape, seed, shard=(0, 1)):
+    """MXNet's own C++ mx.io.MNISTIter over raw copies of the files of paths, and a test one."""
+    # It drops a short last batch, so the test set is read in the largest batch up to EVAL_CHUNK
+    # that divides it: every test sample is scored.
+    folder = _raw_copies(paths)
+    raw = [os.path.join(folder, name) for name in datasets.FILES]
+    flat = len(sample_shape) == 1
+    test_count = idx_files.sample_counts(paths)[2]
+    test_batch = max(d for d in range(1, min(EVAL_CHUNK, test_count) + 1) if test_count % d == 0)
+    train = mx.io.MNISTIter(image=raw[0], label=raw[1], batch_size=batch_size, flat=flat,
+                            silent=True, shuffle=True, seed=seed, part_index=shard[0],
+                            num_parts=shard[1])
+    test = mx.io.MNISTIter(image=raw[2], label=raw[3], batch_size=test_batch, flat=flat,
+                           silent=True, shuffle=False)
     return train, test
 
 
-def _raw_copies(data_dir):
-    """A private folder with the four files uncompressed, as mx.io.MNISTIter reads them; removed at exit."""
-    source = data_dir or os.environ.get("MNIST_DIR") or mnist_files.default_cache_dir()
+def _raw_copies(paths):
+    """A private folder, removed at exit, of the four files raw, as MXNet's MNISTIter reads them."""
     folder = tempfile.mkdtemp(prefix="mnist-raw-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    for name in mnist_files.FILES:
-        path = mnist_files.locate(source, name)
+    for path, name in zip(paths, datasets.FILES):
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as src, \
                 open(os.path.join(folder, name), "wb") as dst:
             shutil.copyfileobj(src, dst)
     return folder
 
 
-def shares(batch, worker, num_workers, num_contexts):
-    """(begin, end) offsets into a batch for each context of one worker: split evenly, workers then contexts."""
-    sizes = _even(batch, num_workers)
-    begin = sum(sizes[:worker])
-    offsets = []
-    for size in _even(sizes[worker], num_contexts):
-        offsets.append((begin, begin + size))
-        begin += size
-    return offsets
-
-
-def _even(total, parts):
-    # The first total % parts parts take one more.
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
 class MNISTIter(mx.io.DataIter):
-    """A DataIter over arrays held on every device, in batches that gather their rows on the device.
+    """A DataIter over arrays held on every device, whose batches gather their rows there."""
+    # images are (N, *sample_shape), as the network's data input takes a sample: uint8 bytes, made
+    # floats (times PIXEL_SCALE) on upload unless the bound graph takes the bytes
+    # (keep_pixel_bytes), or floats. Each epoch (reset) draws a new order from rng; without rng,
+    # the order is the arrays' own. With several workers, shard = (index, count) splits each global
+    # batch of batch_size between them, and this iterator yields worker index's share. The last
+    # batch is padded by wrapping around, as NDArrayIter pads it.
 
-    Each epoch (reset) draws a new order from rng; without rng the order is the arrays' own. With several
-    parts (dist_sync workers), each global batch of batch_size is split between the parts, and this iterator
-    yields part part_index's share of each. The last batch is padded, as NDArrayIter pads it, by wrapping.
-    """
+    pixel_scale = PIXEL_SCALE
 
-    def __init__(self, images, labels, batch_size, contexts=None, data_shape=None, rng=None, part_index=0,
-                 num_parts=1, data_name="data", label_name="softmax_label"):
-        share, _ = _part(batch_size, part_index, num_parts)
-        super().__init__(share)
+    def __init__(self, images, labels, batch_size, contexts=None, rng=None, shard=(0, 1)):
+        (begin, end), = devices.shares(batch_size, shard[0], shard[1], 1)
+        super().__init__(end - begin)
         self.contexts = contexts or [mx.cpu()]
-        self.sample_shape = tuple(data_shape or images.shape[1:])
-        self.rng, self.global_batch, self.part_index, self.num_parts = rng, batch_size, part_index, num_parts
+        self.rng, self.global_batch, self.shard = rng, batch_size, shard
         self.num_samples, self.host = len(images), (images, labels)
-        self.provide_data = [mx.io.DataDesc(data_name, (share, *self.sample_shape), images.dtype)]
-        self.provide_label = [mx.io.DataDesc(label_name, (share,), np.float32)]
+        self.pixel_bytes, self.digests = False, None
+        self.provide_label = [mx.io.DataDesc(datasets.LABEL, (self.batch_size,), np.float32)]
         self.images = self.labels = self.orders = None
         self.cursor = 0
+
+    @property
+    def provide_data(self):
+        shape = (self.batch_size, *self.host[0].shape[1:])
+        dtype = np.uint8 if self.pixel_bytes else np.float32
+        return [mx.io.DataDesc(datasets.DATA, shape, dtype)]
+
+    def keep_pixel_bytes(self):
+        """Hold uint8 bytes on the devices, a quarter of the floats, for the graph to dequantize."""
+        self.pixel_bytes = self.host[0].dtype == np.uint8 and self.images is None
 
     @property
     def device_bytes(self):
         """What the data takes on each device."""
         images, labels = self.host
-        return images.nbytes + 4 * len(labels) + 4 * self.num_samples
+        pixel = 1 if self.pixel_bytes else 4
+        return images.size * pixel + 4 * len(labels) + 4 * self.num_samples
 
     def reset(self):
         if self.images is None:
-            # The whole set lives on each device, so each batch is a device-side gather, not a host copy.
-            # Uploaded at the first epoch, not before: a run that cannot fit is refused before any of it.
+            # The whole set lives on each device, so each batch is a device-side gather, not a host
+            # copy. Uploaded at the first epoch, not before: a run that cannot fit is refused first.
             images, labels = self.host
-            self.images = [mx.nd.array(images.reshape(-1, *self.sample_shape), ctx, images.dtype)
-                           for ctx in self.contexts]
+            if images.dtype == np.uint8 and not self.pixel_bytes:
+                images = to_floats(images)
+            self.images = [mx.nd.array(images, ctx, images.dtype) for ctx in self.contexts]
             self.labels = [mx.nd.array(labels, ctx) for ctx in self.contexts]
-        order = self.rng.permutation(self.num_samples) if self.rng is not None else np.arange(self.num_samples)
+        count = self.num_samples
+        order = self.rng.permutation(count) if self.rng is not None else np.arange(count)
         # One upload per device per epoch; each batch is then a slice of it, gathered on the device.
         self.orders = [mx.nd.array(order, ctx, np.int32) for ctx in self.contexts]
         self.cursor = 0
@@ -159,34 +178,27 @@ class MNISTIter(mx.io.DataIter):
         if self.cursor >= self.num_samples:
             raise StopIteration
         size = min(self.global_batch, self.num_samples - self.cursor)
-        count, offset = _part(size, self.part_index, self.num_parts)
-        batch = MNISTBatch(self, self.cursor + offset, count, size)
+        (begin, end), = devices.shares(size, self.shard[0], self.shard[1], 1)
+        batch = MNISTBatch(self, self.cursor + begin, end - begin, size)
         self.cursor += size
         return batch
 
 
-def _part(batch, part_index, num_parts):
-    """(size, offset) of one part's share of a global batch."""
-    (begin, end), = shares(batch, part_index, num_parts, 1)
-    return end - begin, begin
-
-
 class MNISTBatch(mx.io.DataBatch):
-    """One batch of an MNISTIter: rows start to start + count of the epoch's order.
+    """One batch of an MNISTIter: positions start to start + rows of the epoch's order."""
+    # samples: the batch's samples over all workers. gather_into() puts some of the rows into a
+    # device's own arrays; data and label gather the whole padded batch on the first device.
 
-    global_size: the samples in this batch over all parts. gather_into() puts some of the rows into a device's
-    own arrays; data and label gather the whole padded batch on the first device, when first read.
-    """
-
-    def __init__(self, source, start, count, global_size):
-        self.source, self.start, self.count, self.global_size = source, start, count, global_size
-        self.orders = source.orders  # this epoch's, even if the source is reset before the batch is read
+    def __init__(self, source, start, rows, samples):
+        self.source, self.start, self.rows, self.samples = source, start, rows, samples
+        # This epoch's, even if the source is reset before the batch is read.
+        self.orders = source.orders
         self._data = self._label = None
-        super().__init__(None, None, pad=source.batch_size - count, provide_data=source.provide_data,
+        super().__init__(None, None, pad=source.batch_size - rows, provide_data=source.provide_data,
                          provide_label=source.provide_label)
 
     def gather_into(self, device, begin, end, data_out, label_out):
-        """Gather rows begin to end of this batch on the source's device number device, into the two arrays."""
+        """Gather rows begin to end of this batch into data_out and label_out, on that device."""
         source = self.source
         rows = self.orders[device][self.start + begin:self.start + end]
         mx.nd.take(source.images[device], rows, out=data_out)
@@ -194,7 +206,8 @@ class MNISTBatch(mx.io.DataBatch):
 
     def _gather(self):
         source = self.source
-        rows = np.arange(self.start, self.start + source.batch_size) % source.num_samples  # wrap to pad
+        # Wrapped around to pad, as NDArrayIter pads.
+        rows = np.arange(self.start, self.start + source.batch_size) % source.num_samples
         index = mx.nd.take(self.orders[0], mx.nd.array(rows, source.contexts[0], np.int32))
         self._data = [mx.nd.take(source.images[0], index)]
         self._label = [mx.nd.take(source.labels[0], index)]

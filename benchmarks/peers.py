@@ -1,12 +1,11 @@
-"""One benchmark peer per process: train a network on MNIST as that peer does, print one JSON line of figures.
-
-    python benchmarks/peers.py PEER --data-dir D [--network mlp|lenet] [--hidden 128,64] [--batch 100]
-                               [--epochs N] [--threads N]
-
-Every peer starts from the same Glorot weights (the trainer's own init, seed 42 unless --seed), trains with
-plain SGD at lr 0.1, and reports its seconds per epoch. MXNet's peers take their threads from the
-environment the runner gives them; PyTorch's from --threads; the GEMMs-only bound uses all cores.
-"""
+"""One benchmark peer per process: train as that peer does, and print one JSON line of figures."""
+#     python benchmarks/peers.py PEER --data-dir D [--network mlp|lenet] [--hidden 128,64]
+#                                [--batch 100] [--epochs N] [--threads N]
+#
+# Every peer starts from the same Glorot weights (the trainer's own init, seed 42 unless --seed),
+# trains with plain SGD at lr 0.1, and reports its seconds per epoch. MXNet's peers take their
+# threads from the environment the runner gives them; PyTorch's from --threads; the GEMMs-only
+# bound uses all cores.
 import argparse
 import json
 import os
@@ -16,6 +15,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+
+from harness import compat  # noqa: E402
+
+compat.install()
 
 import numpy as np  # noqa: E402
 
@@ -29,13 +32,14 @@ def _mxnet():
 
 def _initial(network_name, hidden, seed):
     """The trainer's own Glorot init, name -> numpy array in the symbol's argument order."""
-    import devices
-    import initializer
     import network
+    import train_mnist
     mx = _mxnet()
-    layout = devices.Layout(network.get_symbol(network_name, 10, hidden), network.sample_shape(network_name))
-    params = {name: mx.nd.zeros(layout.shapes[name]) for name in layout.names}
-    initializer.glorot_uniform(params, np.random.RandomState(seed))
+    symbol = network.get_symbol(network_name, hidden)
+    shapes = symbol.infer_shape(data=(1, *network.sample_shape(network_name)))[0]
+    params = {name: mx.nd.zeros(shape) for name, shape in zip(symbol.list_arguments(), shapes)
+              if name not in ("data", "softmax_label")}
+    train_mnist.initialize(params, np.random.RandomState(seed))
     return {name: array.asnumpy() for name, array in params.items()}
 
 
@@ -44,7 +48,12 @@ def _arrays(data_dir, network_name):
     import network
     train_x, train_y, test_x, test_y = data.load_mnist(data_dir)  # the floats the trainer sees
     shape = (-1, *network.sample_shape(network_name))
-    return train_x.reshape(shape), train_y.astype(np.float32), test_x.reshape(shape), test_y.astype(np.float32)
+    return (
+        train_x.reshape(shape),
+        train_y.astype(np.float32),
+        test_x.reshape(shape),
+        test_y.astype(np.float32),
+    )
 
 
 def peer_plain(args):
@@ -55,13 +64,32 @@ def peer_plain(args):
 def peer_ours(args, extra=()):
     """python train_mnist.py, as a user runs it: the threads chosen by its own rule."""
     import tempfile
+
     import train_mnist
     with tempfile.TemporaryDirectory() as tmp:
         metrics = os.path.join(tmp, "metrics.jsonl")
-        flags = ["--data-dir", args.data_dir, "--network", args.network, "--batch-size", str(args.batch),
-                 "--num-epochs", str(args.epochs), "--seed", str(args.seed), "--lr", str(LR), "--disp-batches", "0",
-                 "--metrics-file", metrics] + (["--num-hidden", ",".join(map(str, args.hidden))]
-                                               if args.network == "mlp" else []) + list(extra)
+        flags = (
+            [
+                "--data-dir",
+                args.data_dir,
+                "--network",
+                args.network,
+                "--batch-size",
+                str(args.batch),
+                "--num-epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+                "--lr",
+                str(LR),
+                "--disp-batches",
+                "0",
+                "--metrics-file",
+                metrics,
+            ]
+            + (["--num-hidden", ",".join(map(str, args.hidden))] if args.network == "mlp" else [])
+            + list(extra)
+        )
         if train_mnist.main(flags) != 0:
             raise RuntimeError("train_mnist.py failed")
         with open(metrics) as f:
@@ -75,13 +103,22 @@ def peer_module(args):
     train_x, train_y, test_x, test_y = _arrays(args.data_dir, args.network)
     np.random.seed(args.seed)  # NDArrayIter shuffles with numpy's global RNG
     train_iter = mx.io.NDArrayIter(train_x, train_y, args.batch, shuffle=True)
-    module = mx.mod.Module(network.get_symbol(args.network, 10, args.hidden), context=mx.cpu())
+    module = mx.mod.Module(network.get_symbol(args.network, args.hidden), context=mx.cpu())
     stamps, first = [], []
-    module.fit(train_iter, num_epoch=args.epochs, optimizer="sgd", optimizer_params={"learning_rate": LR},
-               arg_params={k: mx.nd.array(v) for k, v in _initial(args.network, args.hidden, args.seed).items()},
-               eval_metric="acc", batch_end_callback=lambda p: first or first.append(time.perf_counter()),
-               epoch_end_callback=lambda *a: stamps.append(time.perf_counter()))
-    # fit() has no start-of-epoch hook: epoch 1 runs from its first batch, later ones from the previous end.
+    module.fit(
+        train_iter,
+        num_epoch=args.epochs,
+        optimizer="sgd",
+        optimizer_params={"learning_rate": LR},
+        arg_params={
+            k: mx.nd.array(v) for k, v in _initial(args.network, args.hidden, args.seed).items()
+        },
+        eval_metric="acc",
+        batch_end_callback=lambda p: first or first.append(time.perf_counter()),
+        epoch_end_callback=lambda *a: stamps.append(time.perf_counter()),
+    )
+    # fit() has no start-of-epoch hook: epoch 1 runs from its first batch, later ones from the
+    # previous end.
     seconds = np.diff(first + stamps).tolist()
     test_iter = mx.io.NDArrayIter(test_x, test_y, 1000)
     return seconds, dict(module.score(test_iter, "acc"))["accuracy"], {}
@@ -108,7 +145,9 @@ def peer_gluon(args):
     net = _gluon_net(args.network, args.hidden)
     net.initialize()
     net(mx.nd.zeros((args.batch, *train_x.shape[1:])))
-    for param, value in zip(net.collect_params().values(), _initial(args.network, args.hidden, args.seed).values()):
+    for param, value in zip(
+        net.collect_params().values(), _initial(args.network, args.hidden, args.seed).values()
+    ):
         param.set_data(mx.nd.array(value))
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": LR})
@@ -135,12 +174,18 @@ def peer_gluon(args):
 
 
 def peer_floor(args):
-    """MXNet's own forward and backward of the bound network, nothing else: no data movement, update, metric."""
+    """MXNet's own forward and backward of the bound network, nothing else."""
+    # No data movement, update, metric.
     import network
     mx = _mxnet()
-    symbol = network.get_symbol(args.network, 10, args.hidden)
-    grad_req = {name: "null" if name in ("data", "softmax_label") else "write" for name in symbol.list_arguments()}
-    exe = symbol.simple_bind(mx.cpu(), grad_req=grad_req, data=(args.batch, *network.sample_shape(args.network)))
+    symbol = network.get_symbol(args.network, args.hidden)
+    grad_req = {
+        name: "null" if name in ("data", "softmax_label") else "write"
+        for name in symbol.list_arguments()
+    }
+    exe = symbol.simple_bind(
+        mx.cpu(), grad_req=grad_req, data=(args.batch, *network.sample_shape(args.network))
+    )
     for name, value in _initial(args.network, args.hidden, args.seed).items():
         exe.arg_dict[name][:] = value
     seconds = []
@@ -155,7 +200,8 @@ def peer_floor(args):
 
 
 def peer_gemm(args):
-    """The matrix products of an MLP step alone, with numpy's BLAS on every core: the GEMMs-only bound."""
+    """The matrix products of an MLP step alone, with numpy's BLAS on every core."""
+    # The GEMMs-only bound.
     dims = (784, *args.hidden, 10)
     rng = np.random.RandomState(0)
     weights = [rng.rand(dims[i + 1], dims[i]).astype(np.float32) for i in range(len(dims) - 1)]
@@ -168,7 +214,7 @@ def peer_gemm(args):
                 acts[i] @ w.T                      # forward
                 acts[i + 1].T @ acts[i]            # the weight's gradient
                 if i:
-                    acts[i + 1] @ w                # the gradient of the layer's input (not of the data)
+                    acts[i + 1] @ w  # the gradient of the layer's input (not of the data)
         seconds.append(time.perf_counter() - tic)
     return seconds, None, {}
 
@@ -177,7 +223,9 @@ def peer_torch(args):
     import torch
     torch.set_num_threads(args.threads or os.cpu_count())
     torch.manual_seed(args.seed)
-    train_x, train_y, test_x, test_y = (torch.from_numpy(a) for a in _arrays(args.data_dir, args.network))
+    train_x, train_y, test_x, test_y = (
+        torch.from_numpy(a) for a in _arrays(args.data_dir, args.network)
+    )
     train_y, test_y = train_y.long(), test_y.long()
     if args.network == "mlp":
         layers, width_in = [], 784
@@ -186,9 +234,18 @@ def peer_torch(args):
             width_in = width
         net = torch.nn.Sequential(*layers, torch.nn.Linear(width_in, 10))
     else:
-        net = torch.nn.Sequential(torch.nn.Conv2d(1, 20, 5), torch.nn.Tanh(), torch.nn.MaxPool2d(2, 2),
-                                  torch.nn.Conv2d(20, 50, 5), torch.nn.Tanh(), torch.nn.MaxPool2d(2, 2),
-                                  torch.nn.Flatten(), torch.nn.Linear(800, 500), torch.nn.Tanh(), torch.nn.Linear(500, 10))
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 20, 5),
+            torch.nn.Tanh(),
+            torch.nn.MaxPool2d(2, 2),
+            torch.nn.Conv2d(20, 50, 5),
+            torch.nn.Tanh(),
+            torch.nn.MaxPool2d(2, 2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(800, 500),
+            torch.nn.Tanh(),
+            torch.nn.Linear(500, 10),
+        )
     learnable = [m for m in net if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     values = list(_initial(args.network, args.hidden, args.seed).values())
     with torch.no_grad():
@@ -216,16 +273,27 @@ def peer_torch(args):
     return seconds, acc, {"torch_threads": torch.get_num_threads()}
 
 
-PEERS = {"ours": peer_ours, "plain": peer_plain, "module": peer_module, "gluon": peer_gluon, "floor": peer_floor, "gemm": peer_gemm,
-         "torch": peer_torch}
+PEERS = {
+    "ours": peer_ours,
+    "plain": peer_plain,
+    "module": peer_module,
+    "gluon": peer_gluon,
+    "floor": peer_floor,
+    "gemm": peer_gemm,
+    "torch": peer_torch,
+}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("peer", choices=sorted(PEERS))
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--network", default="mlp", choices=("mlp", "lenet"))
-    parser.add_argument("--hidden", default=(128, 64), type=lambda text: tuple(int(w) for w in text.split(",")))
+    parser.add_argument(
+        "--hidden", default=(128, 64), type=lambda text: tuple(int(w) for w in text.split(","))
+    )
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
@@ -233,8 +301,17 @@ def main():
     args = parser.parse_args()
     seconds, test_acc, extra = PEERS[args.peer](args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(json.dumps({"peer": args.peer, "epoch_seconds": seconds, "test_acc": test_acc, "peak_rss_mb": peak_mb,
-                      **extra}))
+    print(
+        json.dumps(
+            {
+                "peer": args.peer,
+                "epoch_seconds": seconds,
+                "test_acc": test_acc,
+                "peak_rss_mb": peak_mb,
+                **extra,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

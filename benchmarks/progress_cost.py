@@ -1,4 +1,4 @@
-"""What progress reporting costs the training loop: epoch time with and without it, interleaved in one process."""
+"""What progress reporting costs: epoch time with and without it, interleaved in one process."""
 import argparse
 import os
 import statistics
@@ -6,6 +6,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+
+from harness import compat  # noqa: E402
+
+compat.install()
 
 import train_mnist  # noqa: E402
 
@@ -22,12 +26,17 @@ def main():
     shown = []
     for _ in range(args.rounds):
         for disp in seconds:  # interleaved, so drift in the machine's speed hits both alike
-            config = train_mnist.Config(data_dir=args.data_dir, num_epochs=args.epochs, disp_batches=disp)
+            config = train_mnist.Config(
+                data_dir=args.data_dir, num_epochs=args.epochs, disp_batches=disp
+            )
             history = train_mnist.train(config, progress=shown.append)
             seconds[disp] += [r["epoch_seconds"] for r in history[1:]]
     off, on = (statistics.median(seconds[d]) for d in seconds)
-    print(f"median epoch: {off:.4f} s without progress, {on:.4f} s with a report every {args.disp_batches} "
-          f"batches ({len(shown)} reports): {100 * (on / off - 1):+.1f}%")
+    print(
+        f"median epoch: {off:.4f} s without progress, {on:.4f} s with a report every "
+        f"{args.disp_batches} "
+        f"batches ({len(shown)} reports): {100 * (on / off - 1):+.1f}%"
+    )
 
 
 if __name__ == "__main__":

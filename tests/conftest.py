@@ -1,13 +1,22 @@
-"""Fixtures shared by the tests; the project root is importable and MXNet's bind banner is silenced."""
+"""Shared fixtures: the project root and this folder importable, MXNet's banner quiet."""
+import json
 import os
+import subprocess
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
-from helpers import write_mnist  # noqa: E402
+from harness import compat  # noqa: E402
+
+# numpy, when it loads, gets the alias mxnet 1.9.1 needs on numpy 1.24 to 1.26, as in every entry
+# point.
+compat.install()
+
+from helpers import REAL_MNIST, ROOT, write_mnist  # noqa: E402
 
 
 @pytest.fixture
@@ -27,15 +36,24 @@ def isolated_data_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
-    """`python train_mnist.py` with the defaults on real MNIST, as a user runs it: (stdout, per-epoch records)."""
-    import json
-    import subprocess
-
-    from helpers import REAL_MNIST, ROOT
+    """`python train_mnist.py` with the defaults on real MNIST, as a user runs it."""
+    # (stdout, per-epoch records).
     if REAL_MNIST is None:
         pytest.skip("real MNIST not found (set MNIST_DIR)")
     metrics = tmp_path_factory.mktemp("default_run") / "metrics.jsonl"
-    done = subprocess.run([sys.executable, "train_mnist.py", "--data-dir", REAL_MNIST, "--metrics-file", str(metrics)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train_mnist.py",
+            "--data-dir",
+            REAL_MNIST,
+            "--metrics-file",
+            str(metrics),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     return done.stdout, [json.loads(line) for line in metrics.read_text().splitlines()]

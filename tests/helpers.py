@@ -1,20 +1,32 @@
-"""Test helpers: synthetic IDX files, and where the real MNIST is."""
+"""Test helpers: a test Config, synthetic IDX files, where real MNIST is, runs of the trainer."""
 import gzip
 import os
 import struct
 
 import numpy as np
 
-import mnist_files
 import train_mnist
+from harness.datasets import FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(folder=None, **overrides):
+    """The Config of a small test run on folder."""
+    # A narrow MLP, 3 epochs, no progress lines, no pictures.
+    settings = dict(
+        data_dir=folder or "", num_hidden=(32, 16), num_epochs=3, disp_batches=0, plot_dir="none"
+    )
+    settings.update(overrides)
+    return train_mnist.Config(**settings)
 
 
 def idx_bytes(array, magic=None):
     """Serialise a uint8 array as an IDX file (0x0803 for 3-D images, 0x0801 for 1-D labels)."""
     magic = magic if magic is not None else 0x800 + array.ndim
-    return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    )
 
 
 def write_idx(folder, name, payload, compress=True):
@@ -25,7 +37,8 @@ def write_idx(folder, name, payload, compress=True):
 
 
 def synthetic_arrays(num_train=1050, num_test=230, seed=0):
-    """Ten noisy prototype digits: learnable in an epoch or two, far from trivial at initialisation."""
+    """Ten noisy prototype digits."""
+    # Learnable in an epoch or two, far from trivial at initialisation.
     rng = np.random.RandomState(seed)
     prototypes = rng.rand(10, 28, 28) > 0.7
     arrays = []
@@ -39,7 +52,7 @@ def synthetic_arrays(num_train=1050, num_test=230, seed=0):
 def write_mnist(folder, arrays=None, compress=True):
     """Write the four IDX files into folder and return the arrays written."""
     arrays = arrays if arrays is not None else synthetic_arrays()
-    for name, array in zip(mnist_files.FILES, arrays):
+    for name, array in zip(FILES, arrays):
         write_idx(folder, name, idx_bytes(array), compress)
     return arrays
 
@@ -47,48 +60,62 @@ def write_mnist(folder, arrays=None, compress=True):
 def corrupt(folder, kind):
     """Damage a freshly written synthetic set in one way; return the text the error must contain."""
     train_x, train_y, test_x, test_y = synthetic_arrays()
-    images = os.path.join(folder, mnist_files.FILES[0] + ".gz")
+    images = os.path.join(folder, FILES[0] + ".gz")
     if kind == "missing":
-        os.remove(os.path.join(folder, mnist_files.FILES[3] + ".gz"))
-        return "MNIST files missing"
+        os.remove(os.path.join(folder, FILES[3] + ".gz"))
+        return "of the 4 data files missing"
     if kind == "truncated":
-        write_idx(folder, mnist_files.FILES[0], idx_bytes(train_x)[:-100])
+        write_idx(folder, FILES[0], idx_bytes(train_x)[:-100])
         return "is truncated"
     if kind == "empty":
-        write_idx(folder, mnist_files.FILES[0], b"")
+        write_idx(folder, FILES[0], b"")
         return "is truncated"
     if kind == "wrong magic":
-        write_idx(folder, mnist_files.FILES[0], idx_bytes(train_x, magic=0x0801))
+        write_idx(folder, FILES[0], idx_bytes(train_x, magic=0x0801))
         return "magic number 0x00000801"
     if kind == "mismatched counts":
-        write_idx(folder, mnist_files.FILES[3], idx_bytes(test_y[:-1]))
+        write_idx(folder, FILES[3], idx_bytes(test_y[:-1]))
         return "different splits"
     if kind == "label out of range":
         bad = train_y.copy()
         bad[7] = 10
-        write_idx(folder, mnist_files.FILES[1], idx_bytes(bad))
+        write_idx(folder, FILES[1], idx_bytes(bad))
         return "label 10 at index 7 is outside 0..9"
     if kind == "wrong image size":
-        write_idx(folder, mnist_files.FILES[0], idx_bytes(np.zeros((5, 32, 32), np.uint8)))
+        write_idx(folder, FILES[0], idx_bytes(np.zeros((5, 32, 32), np.uint8)))
         return "expected 28"
     if kind == "html instead of gzip":
         with open(images, "wb") as f:
             f.write(b"<html><body>404 Not Found</body></html>")
         return "cannot be read as gzip"
     if kind == "trailing bytes":
-        write_idx(folder, mnist_files.FILES[0], idx_bytes(train_x) + b"\0")
+        write_idx(folder, FILES[0], idx_bytes(train_x) + b"\0")
         return "longer than its header says"
     raise ValueError(kind)
 
 
-BAD_DATA = ["missing", "truncated", "empty", "wrong magic", "mismatched counts", "label out of range",
-            "wrong image size", "html instead of gzip", "trailing bytes"]
+BAD_DATA = [
+    "missing",
+    "truncated",
+    "empty",
+    "wrong magic",
+    "mismatched counts",
+    "label out of range",
+    "wrong image size",
+    "html instead of gzip",
+    "trailing bytes",
+]
 
 
 def real_mnist_dir():
-    """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project; None if neither exists."""
+    """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project."""
+    # None if neither exists.
     for folder in (os.environ.get("MNIST_DIR"), os.path.join(ROOT, "..", "shared", "mnist")):
-        if folder and os.path.isdir(folder) and os.path.exists(os.path.join(folder, mnist_files.FILES[0] + '.gz')):
+        if (
+            folder
+            and os.path.isdir(folder)
+            and os.path.exists(os.path.join(folder, FILES[0] + ".gz"))
+        ):
             return os.path.abspath(folder)
     return None
 
@@ -110,15 +137,17 @@ def numpy_probs(params, images):
 
 
 def tree_bytes(folder):
-    """Every file under folder, by path, with its bytes (or its kind, if not a regular file): to show that a
-    run wrote or changed nothing."""
+    """Every file under folder, by path, with its bytes (or its kind, if not a regular file)."""
+    # To show that a
+    # run wrote or changed nothing.
     found = {}
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
             if os.path.islink(path) or not os.path.isfile(path):
-                found[os.path.relpath(path, folder)] = ("link to " + os.readlink(path) if os.path.islink(path)
-                                                        else "not a regular file")
+                found[os.path.relpath(path, folder)] = (
+                    "link to " + os.readlink(path) if os.path.islink(path) else "not a regular file"
+                )
                 continue
             with open(path, "rb") as f:
                 found[os.path.relpath(path, folder)] = f.read()
@@ -135,22 +164,40 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-def bound_group(hidden=(16,), contexts=None, loss_mode="builtin", seed=0, network_name="mlp"):
-    """A devices.Group of network_name on contexts (one CPU by default), initialised from seed: the plain path."""
+class FakeRun:
+    """What devices.simple_bind reads of a Run: its config, contexts and sync."""
+
+    def __init__(self, settings, contexts=None):
+        import mxnet as mx
+
+        from harness import sync
+        self.config = config(**settings).resolved()
+        self.contexts = contexts or [mx.cpu()]
+        self.sync = sync.create("device", len(self.contexts))
+
+
+def bound_model(hidden=(16,), seed=0, iterators=None, opt=None, **settings):
+    """A devices.Model of the MLP bound as training binds it (the plain path unless fast=True)."""
+    # Its weights
+    # initialised from seed, for the iterators given (a 100-sample NDArrayIter of zeros by default).
     import mxnet as mx
-    import devices
-    import initializer
-    import loss
+
     import network
-    import sync
-    contexts = contexts or [mx.cpu()]
-    symbol = network.get_symbol(network_name, 10, hidden)
-    graph = loss.training_graph(symbol, loss_mode)
-    group = devices.Group(contexts, devices.Layout(symbol, network.sample_shape(network_name)),
-                          sync.create("device", len(contexts)), lambda ctx: {}, lambda samples, train: graph)
-    initializer.glorot_uniform(group.params, np.random.RandomState(seed))
-    group.share_weights()
-    return group
+    from harness import devices
+    settings = dict({"fast": False, "num_hidden": hidden}, **settings)
+    run = FakeRun(settings, settings.pop("contexts", None))
+    symbol = network.get_symbol(run.config.network, hidden)
+    graph = network.training_graph(symbol, run.config.gradient)
+    shape = network.sample_shape(run.config.network)
+    if iterators is None:
+        zeros = mx.io.NDArrayIter(
+            np.zeros((100, *shape), np.float32), np.zeros(100, np.float32), 100
+        )
+        iterators = (zeros, zeros)
+    model = devices.simple_bind(graph, opt, iterators, run)
+    train_mnist.initialize(model.arg_params, np.random.RandomState(seed))
+    model.share_weights()
+    return model
 
 
 def batch_of(images, labels):
@@ -162,7 +209,10 @@ def batch_of(images, labels):
 def saved_params(prefix, epoch):
     """The parameters of checkpoint PREFIX-%04d.params, as numpy arrays by their file key."""
     import mxnet as mx
-    return {name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()}
+
+    return {
+        name: array.asnumpy() for name, array in mx.nd.load(f"{prefix}-{epoch:04d}.params").items()
+    }
 
 
 def assert_params_close(a, b, tol=1e-5):
@@ -170,3 +220,72 @@ def assert_params_close(a, b, tol=1e-5):
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
+
+
+# Runs train_mnist.main() with faults injected through public names: a SIGKILL of itself right after
+# the KILL_AT_WRITE-th file it writes; a signal (SIGNAL, SIGINT by default) to itself after the
+# INTERRUPT_AT_BATCH-th batch; and the signal as the function SIGNAL_IN ("module:name", such as
+# "harness.report:save_pictures") begins, or as SIGNAL_AFTER returns.
+FAULT_DRIVER = """
+import importlib, os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from harness import compat, files, signals
+signals.install()
+compat.install()
+import metrics
+writes, batches = [0], [0]
+kill_at = int(os.environ.get("KILL_AT_WRITE", 0))
+interrupt_at = int(os.environ.get("INTERRUPT_AT_BATCH", 0))
+signum = getattr(signal, os.environ.get("SIGNAL", "SIGINT"))
+write_atomic, add = files.write_atomic, metrics.Meter.add
+def counted_write(path, write):
+    write_atomic(path, write)
+    writes[0] += 1
+    if writes[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+def counted_add(self, executors, samples):
+    add(self, executors, samples)
+    batches[0] += 1
+    if batches[0] == interrupt_at:
+        os.kill(os.getpid(), signum)
+files.write_atomic, metrics.Meter.add = counted_write, counted_add
+def wrap(spec, before):
+    module_name, _, path = spec.partition(":")
+    owner = importlib.import_module(module_name)
+    *outer, name = path.split(".")
+    for part in outer:
+        owner = getattr(owner, part)
+    function = getattr(owner, name)
+    def wrapped(*args, **kwargs):
+        if before:
+            os.kill(os.getpid(), signum)
+        result = function(*args, **kwargs)
+        if not before:
+            os.kill(os.getpid(), signum)
+        return result
+    setattr(owner, name, wrapped)
+import train_mnist
+for variable, before in (("SIGNAL_IN", True), ("SIGNAL_AFTER", False)):
+    if os.environ.get(variable):
+        wrap(os.environ[variable], before)
+sys.exit(train_mnist.main(sys.argv[2:]))
+"""
+
+
+def train_with_faults(argv, env=None, wait=True, timeout=120):
+    """train_mnist.py with argv under FAULT_DRIVER."""
+    # (exit code, stderr), or the process if not wait.
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAULT_DRIVER, ROOT, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
+    if not wait:
+        return process
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err

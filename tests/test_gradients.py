@@ -1,14 +1,10 @@
-"""Gradients against finite differences of a float64 numpy loss, and the two loss modes against each other."""
+"""Gradients against finite differences of a float64 numpy loss, and the two gradients compared."""
 import mxnet as mx
 import numpy as np
 import pytest
+from helpers import batch_of, bound_model, numpy_probs
 
-import devices
-import initializer
-import loss
 import network
-import sync
-from helpers import batch_of, numpy_probs
 
 
 def _summed_loss(params, images, labels):
@@ -29,30 +25,33 @@ def _numeric_gradient(f, value, step=1e-6):
     return numeric
 
 
-def _batch_gradients(loss_mode, seed, hidden=(6, 5), batch=3, features=7, network_name="mlp"):
-    """Bind the trainer's graph for loss_mode, run one forward and backward; return params, grads, inputs."""
+def _batch_gradients(gradient, seed, hidden=(6, 5), batch=3, features=7, network_name="mlp"):
+    """Bind the trainer's graph for gradient, run one forward and backward."""
+    # Return params, grads, inputs.
     rng = np.random.RandomState(seed)
-    symbol = network.get_symbol(network_name, 10, hidden)
     shape = (features,) if network_name == "mlp" else network.sample_shape(network_name)
-    group = devices.Group([mx.cpu()], devices.Layout(symbol, shape), sync.create("device", 1), lambda ctx: {},
-                          lambda samples, train: loss.training_graph(symbol, loss_mode))
-    initializer.glorot_uniform(group.params, rng)
-    for name, array in group.params.items():  # non-zero biases, so their gradients are not a special case
+    zeros = mx.io.NDArrayIter(
+        np.zeros((batch, *shape), np.float32), np.zeros(batch, np.float32), batch
+    )
+    model = bound_model(hidden=hidden if network_name == "mlp" else (128, 64), network=network_name,
+                        gradient=gradient, iterators=(zeros, zeros), seed=seed)
+    # Non-zero biases, so that their gradients are not a special case.
+    for name, array in model.arg_params.items():
         array[:] = array.asnumpy() + rng.uniform(-0.1, 0.1, size=array.shape)
     images, labels = rng.rand(batch, *shape), rng.randint(0, 10, size=batch)
-    (exe,), _ = group.load(batch_of(images, labels))
+    (exe,), _ = model.load(batch_of(images, labels))
     exe.forward(is_train=True)
-    exe.backward(loss.head_gradients(loss_mode)(exe))
-    values = {name: array.asnumpy().astype(np.float64) for name, array in group.params.items()}
-    grads = {name: exe.grad_dict[name].asnumpy() for name in group.params}
-    assert np.abs(group.grads.flat.asnumpy()).max() > 1e-3
+    exe.backward(network.head_gradients(exe, gradient))
+    values = {name: array.asnumpy().astype(np.float64) for name, array in model.arg_params.items()}
+    grads = {name: exe.grad_dict[name].asnumpy() for name in model.arg_params}
+    assert np.abs(model.replicas[0].grads.flat.asnumpy()).max() > 1e-3
     return values, grads, images, labels
 
 
-@pytest.mark.parametrize("loss_mode", ["builtin", "manual"])
+@pytest.mark.parametrize("gradient", ["builtin", "manual"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_parameter_gradients_match_numeric_gradients(loss_mode, seed):
-    values, grads, images, labels = _batch_gradients(loss_mode, seed)
+def test_parameter_gradients_match_numeric_gradients(gradient, seed):
+    values, grads, images, labels = _batch_gradients(gradient, seed)
     for name, value in values.items():
         numeric = _numeric_gradient(lambda: _summed_loss(values, images, labels), value)
         # Both modes give the gradient of the batch's summed loss; the update divides by the batch.
@@ -80,7 +79,24 @@ def test_hand_written_loss_gradient_matches_numeric_gradient_of_the_logits():
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return -log_probs[np.arange(5), labels].sum()
     numeric = _numeric_gradient(summed_loss, logits)
-    ours = loss.softmax_cross_entropy_grad(mx.nd.array(logits), mx.nd.array(labels)).asnumpy()
+    ours = network.softmax_cross_entropy_grad(mx.nd.array(logits), mx.nd.array(labels)).asnumpy()
     np.testing.assert_allclose(ours, numeric, rtol=1e-4, atol=1e-6)
     # Each row sums to zero: the probabilities sum to one, and so does the one-hot label.
     np.testing.assert_allclose(ours.sum(axis=1), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5,), (5, 1), (1, 5)])
+def test_the_hand_written_gradient_takes_labels_of_any_shape_that_holds_them(shape):
+    logits, labels = np.random.RandomState(4).randn(5, 10), np.array([1, 0, 9, 3, 3])
+    expected = network.softmax_cross_entropy_grad(
+        mx.nd.array(logits), mx.nd.array(labels)
+    ).asnumpy()
+    got = network.softmax_cross_entropy_grad(
+        mx.nd.array(logits), mx.nd.array(labels.reshape(shape))
+    ).asnumpy()
+    assert got.shape == (5, 10) and np.array_equal(got, expected)
+
+
+def test_the_hand_written_gradient_refuses_labels_of_another_count():
+    with pytest.raises(ValueError, match="labels must hold 5 class indices"):
+        network.softmax_cross_entropy_grad(mx.nd.zeros((5, 10)), mx.nd.zeros((5, 2)))

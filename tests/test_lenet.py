@@ -4,24 +4,30 @@ import subprocess
 import sys
 
 import mxnet as mx
-import numpy as np
 import pytest
+from helpers import ROOT, assert_params_close, config, run_cli, saved_params
 
-import plots
 import train_mnist
-from helpers import ROOT, assert_params_close, run_cli, saved_params
+from harness import plots
 
 
 def _config(folder, **overrides):
-    settings = dict(data_dir=folder, network="lenet", num_epochs=2, disp_batches=0, plot_dir="none")
-    settings.update(overrides)
-    return train_mnist.Config(**settings)
+    return config(
+        folder, **dict(dict(network="lenet", num_hidden=(128, 64), num_epochs=2), **overrides)
+    )
 
 
 
-
-@pytest.mark.parametrize("settings", [dict(), dict(optimizer="nag", mom=0.9, wd=1e-4), dict(optimizer="adam"),
-                                      dict(loss="manual")], ids=["sgd", "nag", "adam", "manual-loss"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(optimizer="nag", mom=0.9, wd=1e-4),
+        dict(optimizer="adam"),
+        dict(gradient="manual"),
+    ],
+    ids=["sgd", "nag", "adam", "manual-gradient"],
+)
 def test_lenet_learns_with_each_optimizer_and_loss(synthetic_dir, settings):
     history = train_mnist.train(_config(synthetic_dir, **settings))
     assert history[-1]["test_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"]
@@ -31,39 +37,78 @@ def test_lenet_resumes_bit_for_bit(synthetic_dir, tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     train_mnist.train(_config(synthetic_dir, num_epochs=3, mom=0.9, model_prefix=straight))
     train_mnist.train(_config(synthetic_dir, num_epochs=1, mom=0.9, model_prefix=split))
-    train_mnist.train(_config(synthetic_dir, num_epochs=3, mom=0.9, model_prefix=split, load_epoch=1))
+    train_mnist.train(
+        _config(synthetic_dir, num_epochs=3, mom=0.9, model_prefix=split, load_epoch=1)
+    )
     assert open(straight + "-0003.params", "rb").read() == open(split + "-0003.params", "rb").read()
     symbol, arg_params, _ = mx.model.load_checkpoint(split, 3)  # MXNet's own loader reads it
     assert arg_params["conv1_weight"].shape == (20, 1, 5, 5)
 
 
-def test_lenet_on_two_contexts_and_on_the_plain_path_trains_like_the_default(synthetic_dir, tmp_path):
-    # Plain SGD, an epoch of 17 steps: the paths differ by float rounding only (8e-8 measured). With momentum
-    # 0.9 the dynamics amplify that rounding through the convolutions: 5e-5 after 12 steps of 1050 samples.
+def test_lenet_on_two_contexts_and_on_the_plain_path_trains_like_the_default(
+    synthetic_dir, tmp_path
+):
+    # Plain SGD, an epoch of 17 steps: the paths differ by float rounding only (8e-8 measured). With
+    # momentum 0.9 the dynamics amplify that rounding through the convolutions: 5e-5 after 12 steps
+    # of 1050 samples.
     for name, settings in (("one", {}), ("two", {"cpus": 2}), ("plain", {"fast": False})):
-        train_mnist.train(_config(synthetic_dir, batch_size=64, num_epochs=1, model_prefix=str(tmp_path / name),
-                                  **settings))
+        train_mnist.train(
+            _config(
+                synthetic_dir,
+                batch_size=64,
+                num_epochs=1,
+                model_prefix=str(tmp_path / name),
+                **settings,
+            )
+        )
     assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "two", 1))
     assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "plain", 1))
 
 
 def test_lenet_over_dist_sync_trains_like_one_process(synthetic_dir, tmp_path):
-    flags = ["--data-dir", synthetic_dir, "--network", "lenet", "--num-epochs", "1", "--batch-size", "64",
-             "--disp-batches", "0", "--plot-dir", "none", "--threads", "1"]  # one thread each: the same sums
+    flags = [
+        "--data-dir",
+        synthetic_dir,
+        "--network",
+        "lenet",
+        "--num-epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--disp-batches",
+        "0",
+        "--plot-dir",
+        "none",
+        "--threads",
+        "1",
+    ]  # one thread each: the same sums
     train = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
-    single = subprocess.run(train + flags + ["--model-prefix", str(tmp_path / "one")], capture_output=True,
-                            text=True, timeout=300)
+    single = subprocess.run(
+        train + flags + ["--model-prefix", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr
-    dist = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "-n", "2", "-s", "1", "--timeout", "280",
-                           "--"] + train + flags + ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")],
-                          capture_output=True, text=True, timeout=300)
+    dist = subprocess.run(
+        [sys.executable, "-m", "harness.launch", "-n", "2", "-s", "1", "--timeout", "280", "--"]
+        + train
+        + flags
+        + ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert dist.returncode == 0, dist.stderr
     assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "dist", 1))
 
 
 def test_lenet_draws_its_pictures(synthetic_dir, tmp_path):
     lines = []
-    train_mnist.train(_config(synthetic_dir, num_epochs=1, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    train_mnist.train(
+        _config(synthetic_dir, num_epochs=1, plot_dir=str(tmp_path / "pics")), log=lines.append
+    )
     for name in (plots.CURVES, plots.CONFUSION, plots.MISTAKES):
         with open(tmp_path / "pics" / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -71,5 +116,7 @@ def test_lenet_draws_its_pictures(synthetic_dir, tmp_path):
 
 
 def test_lenet_takes_no_hidden_widths(capsys, synthetic_dir):
-    code, _, err = run_cli(capsys, "--data-dir", synthetic_dir, "--network", "lenet", "--num-hidden", "256")
+    code, _, err = run_cli(
+        capsys, "--data-dir", synthetic_dir, "--network", "lenet", "--num-hidden", "256"
+    )
     assert code == 2 and "--num-hidden sets the MLP's widths; lenet has its own" in err

@@ -1,0 +1,128 @@
+"""Summing gradients and sharing weights over the devices of one process and over workers."""
+# One context and one worker need neither. Several contexts sum through MXNet's kvstore (local or
+# device); dist_sync workers through its parameter server (ps-lite); horovod workers by Horovod's
+# allreduce.
+import os
+
+import mxnet as mx
+import numpy as np
+
+from harness.errors import ConfigError
+
+KINDS = ("local", "device", "dist_sync", "horovod")
+HOROVOD_INSTALL = (
+    "pip install wheel && HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 "
+    "HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 pip install "
+    "--no-build-isolation -r requirements-horovod.txt"
+)
+# What ps-lite reads to find its job; a launcher sets them.
+_DMLC = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
+# kvstore keys
+_GRADS, _WEIGHTS, _TOTALS = 0, 1, 2
+
+
+def create(kind, num_contexts):
+    """The Sync for kind (one of KINDS) and that many contexts in this process."""
+    if kind == "horovod":
+        return HorovodSync()
+    if kind == "dist_sync":
+        missing = [name for name in _DMLC if name not in os.environ]
+        if missing:
+            raise ConfigError(
+                f"--kv-store dist_sync runs under a launcher, which sets {', '.join(missing)}: "
+                "python -m harness.launch -n 2 -s 1 -- python train_mnist.py "
+                "--kv-store dist_sync"
+            )
+        return KVStoreSync(kind)
+    if kind in ("local", "device"):
+        return Sync() if num_contexts == 1 else KVStoreSync(kind)
+    raise ValueError(f"unknown kvstore {kind!r}: use one of {', '.join(KINDS)}")
+
+
+class Sync:
+    """One context, one worker: nothing to sum; weights copied to the other contexts, if any."""
+
+    rank, num_workers = 0, 1
+
+    def init(self, flat_grads):
+        """Get ready to sum buffers like flat_grads."""
+
+    def sum_grads(self, grads):
+        """Sum the flat gradient buffers of every context and worker into grads[0]."""
+
+    def share_weights(self, params, from_rank0=False):
+        """Copy params[0] into the other contexts' buffers (from_rank0."""
+        # After taking rank 0's values).
+        for other in params[1:]:
+            params[0].copyto(other)
+
+    def all_workers(self, totals):
+        """totals (a numpy array) summed over all workers."""
+        return totals
+
+
+class KVStoreSync(Sync):
+    """MXNet's kvstore."""
+    # Push every context's buffer and pull the sum, over workers too with dist_sync.
+
+    def __init__(self, kind):
+        self.kv = mx.kv.create(kind)
+        self.rank, self.num_workers = self.kv.rank, self.kv.num_workers
+
+    def init(self, flat_grads):
+        self.kv.init(_GRADS, flat_grads)
+        self.kv.init(_TOTALS, mx.nd.zeros(2, flat_grads.context))
+
+    def sum_grads(self, grads):
+        self.kv.push(_GRADS, grads)
+        self.kv.pull(_GRADS, out=grads[0])
+
+    def share_weights(self, params, from_rank0=False):
+        if from_rank0 and self.num_workers > 1:
+            self.kv.init(
+                _WEIGHTS, params[0]
+            )  # the store keeps rank 0's value, and every worker pulls it
+            self.kv.pull(_WEIGHTS, out=params[0])
+        super().share_weights(params)
+
+    def all_workers(self, totals):
+        if self.num_workers == 1:
+            return totals
+        ctx = mx.cpu()
+        self.kv.push(_TOTALS, mx.nd.array(totals, ctx))
+        summed = mx.nd.zeros(2, ctx)
+        self.kv.pull(_TOTALS, out=summed)
+        return summed.asnumpy().astype(np.float64)
+
+
+class HorovodSync(Sync):
+    """Horovod: allreduce (sum) over the processes horovodrun started; no parameter server."""
+    # In mxnet 1.9.1, mx.kv.create('horovod') silently gives a local store that sums nothing across
+    # processes, so this calls horovod.mxnet itself. Every process must make the same calls in the
+    # same order: each trains the same number of batches (its share of every global batch) and sums
+    # its totals once an epoch.
+
+    def __init__(self):
+        try:
+            import horovod.mxnet as hvd
+        except ImportError:
+            raise ConfigError(
+                f"--kv-store horovod needs Horovod, which is not installed: {HOROVOD_INSTALL}"
+            ) from None
+        hvd.init()
+        self.hvd, self.rank, self.num_workers = hvd, hvd.rank(), hvd.size()
+
+    def sum_grads(self, grads):
+        for other in grads[1:]:  # this process's devices first, then the processes
+            grads[0] += other.as_in_context(grads[0].context)
+        self.hvd.allreduce_(grads[0], op=self.hvd.Sum, name="gradients")
+
+    def share_weights(self, params, from_rank0=False):
+        if from_rank0:
+            self.hvd.broadcast_(params[0], root_rank=0, name="weights")
+        super().share_weights(params)
+
+    def all_workers(self, totals):
+        summed = mx.nd.array(totals)
+        self.hvd.allreduce_(summed, op=self.hvd.Sum, name="totals")
+        return summed.asnumpy()

@@ -1,0 +1,267 @@
+"""harness/report.py and plots.py, and beyond the tutorial: the optimizers, the gradients."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ROOT, config, run_cli
+
+import train_mnist
+from harness import datasets, plots
+
+
+def _config(folder, **overrides):
+    return config(folder, **dict(dict(disp_batches=100, plot_dir=""), **overrides))
+
+
+def test_the_manual_gradient_trains_like_the_builtin_one(synthetic_dir):
+    builtin = train_mnist.train(_config(synthetic_dir, gradient="builtin"))
+    manual = train_mnist.train(_config(synthetic_dir, gradient="manual"))
+    assert manual[-1]["test_acc"] > 0.9 and manual[-1]["train_loss"] < manual[0]["train_loss"]
+    for ours, theirs in zip(manual, builtin):
+        # Same gradients to 1e-6 each step: the runs part only by float rounding.
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
+        assert ours["test_acc"] == pytest.approx(theirs["test_acc"], abs=2 / 230)
+
+
+@pytest.mark.parametrize("optimizer, lr, mom, wd", [("sgd", 0.1, 0.9, 1e-4), ("nag", 0.1, 0.9, 0.0),
+                                                    ("adam", None, 0.0, 1e-4)])
+def test_each_optimizer_learns(synthetic_dir, optimizer, lr, mom, wd):
+    history = train_mnist.train(_config(synthetic_dir, optimizer=optimizer, lr=lr, mom=mom, wd=wd))
+    assert (
+        history[-1]["test_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"] / 2
+    )
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--optimizer", "rmsprop"], "--optimizer must be one of adam, nag, sgd"),
+    (["--optimizer", "adam", "--mom", "0.9"], "--mom does not apply to adam"),
+    (["--lr-scheduler", "linear"], "argument --lr-scheduler: invalid choice: 'linear'"),
+    (["--lr-scheduler", "step"], "--lr-scheduler step needs --lr-step-epochs"),
+    (["--lr-scheduler", "step", "--lr-step-epochs", "15"], "--lr-step-epochs must lie in 1..14"),
+    (["--lr-factor", "2"], "--lr-factor must be in (0, 1]"),
+    (["--lr-step-epochs", "5,x"], "comma-separated integers"),
+    (["--gradient", "hinge"], "argument --gradient: invalid choice: 'hinge'"),
+    (["--disp-batches", "-1"], "--disp-batches must be >= 0"),
+    (["--clip-gradient", "-1"], "--clip-gradient must be a number >= 0"),
+])
+def test_bad_extra_flags_are_one_line_and_exit_2(capsys, argv, expected):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and expected in err
+
+
+def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
+    lines = []
+    train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    for name in (plots.CURVES, plots.CONFUSION, plots.MISTAKES):
+        with open(tmp_path / "pics" / name, "rb") as f:
+            head = f.read()
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 2_000
+    assert lines[-2].startswith("pictures: ") and plots.CURVES in lines[-2]
+
+
+def test_confusion_matrix_and_worst_mistakes():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.45, 0.55]])
+    labels = np.array([0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(
+        plots.confusion_matrix(probs.argmax(axis=1), labels, 2), [[1, 2], [1, 1]]
+    )
+    # Wrong: rows 2 (70% sure), 3 (60%), 4 (55%): most confident first.
+    assert list(plots.worst_mistakes(probs, labels, 2)) == [2, 3]
+
+
+def test_a_closed_stdout_ends_the_run_quietly_with_its_step_saved(synthetic_dir, tmp_path):
+    prefix = str(tmp_path / "m")
+    command = (
+        f"{sys.executable} train_mnist.py --data-dir {synthetic_dir} --num-hidden 32,16 "
+        "--batch-size 10 "
+        f"--num-epochs 100 --disp-batches 1 --model-prefix {prefix} | head -3"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert len(done.stdout.splitlines()) == 3 and done.stderr == ""
+    assert done.returncode == 141
+    saved = sorted(name for name in os.listdir(tmp_path) if name.endswith(".manifest.json"))
+    assert saved and saved[-1].startswith("m-interrupted-0001-")
+
+
+def test_without_matplotlib_the_run_warns_at_its_start_with_the_command_that_fixes_it(
+    synthetic_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    lines = []
+    history = train_mnist.train(
+        _config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append
+    )
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    warnings = [
+        i for i, line in enumerate(lines) if line.startswith("warning: no pictures will be drawn")
+    ]
+    assert (
+        warnings
+        and warnings[0] < first_epoch
+        and f"{sys.executable} -m pip install matplotlib" in lines[warnings[0]]
+    )
+    assert len(history) == 3 and lines[-2].startswith("warning: no pictures written")
+
+
+def test_pictures_name_the_classes_of_the_dataset(tmp_path):
+    probs = np.eye(10)[[0, 1, 2, 9]] * 0.9 + 0.01
+    fashion = datasets.Dataset(
+        "fashion",
+        "f",
+        (),
+        {},
+        (
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        "item",
+    )
+    history = [dict(epoch=1, train_loss=1, train_acc=0.5, test_loss=1, test_acc=0.5)]
+    written = plots.save_plots(
+        str(tmp_path), history, (probs, np.array([0, 1, 3, 9]), np.zeros((4, 784))), fashion
+    )
+    assert len(written) == 3 and all(os.path.getsize(path) > 2000 for path in written)
+
+
+def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_path, monkeypatch):
+    def no_matplotlib(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'")
+    monkeypatch.setattr(plots, "save_plots", no_matplotlib)
+    lines = []
+    history = train_mnist.train(
+        _config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append
+    )
+    assert len(history) == 3
+    assert (
+        lines[-2]
+        == "warning: no pictures written: ModuleNotFoundError: No module named 'matplotlib'"
+    )
+    assert lines[-1] == f"final test accuracy {history[-1]['test_acc']:.4f} after 3 epochs"
+
+
+def test_progress_lines_every_disp_batches_without_a_terminal(capsys, synthetic_dir):
+    code, out, _ = run_cli(
+        capsys,
+        "--data-dir",
+        synthetic_dir,
+        "--num-epochs",
+        "2",
+        "--num-hidden",
+        "32,16",
+        "--batch-size",
+        "50",
+        "--disp-batches",
+        "5",
+    )
+    progress = [line for line in out.splitlines() if " batch " in line]
+    assert code == 0 and len(progress) == 2 * (
+        21 // 5
+    )  # 1050 samples: 21 batches of 50, a report per 5
+    assert (
+        progress[0].startswith("epoch   1  batch     5/21  loss ")
+        and progress[-1].split()[3] == "20/21"
+    )
+    assert all(len(line) <= 80 and " acc " in line for line in progress)
+    assert "\r" not in out
+    code, out, _ = run_cli(
+        capsys, "--data-dir", synthetic_dir, "--num-epochs", "1", "--disp-batches", "0"
+    )
+    assert code == 0 and " batch " not in out
+
+
+def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir):
+    def figures(disp):
+        shown = []
+        train_mnist.train(
+            _config(synthetic_dir, num_epochs=2, batch_size=50, disp_batches=disp),
+            progress=shown.append,
+        )
+        return {(f["epoch"], f["batch"]): (f["loss"], f["acc"]) for f in shown}
+    every, fourth = figures(1), figures(4)
+    assert len(every) == 2 * 21 and len(fourth) == 2 * 5
+    for (
+        key,
+        value,
+    ) in fourth.items():  # each read sums only the batches new to it, and starts afresh each epoch
+        assert value == pytest.approx(every[key], rel=1e-6)
+    # The first report of epoch 2 is of epoch 2 alone: its one batch read scores better than epoch
+    # 1's average.
+    assert every[(2, 1)][0] < every[(1, 21)][0]
+
+
+def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthetic_dir):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from helpers import ROOT
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an 80-column terminal, then the trainer on it
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        os.execve(
+            sys.executable,
+            [
+                sys.executable,
+                os.path.join(ROOT, "train_mnist.py"),
+                "--data-dir",
+                synthetic_dir,
+                "--num-epochs",
+                "2",
+                "--batch-size",
+                "10",
+                "--disp-batches",
+                "10",
+                "--num-hidden",
+                "32,16",
+            ],
+            env,
+        )
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output[-2000:]
+    lines = output.decode().replace("\033[K", "").split("\r\n")
+    bars = [line for line in lines if line.count("\r") >= 2 and "[" in line]
+    assert bars, "no line holds a bar drawn over itself"
+    for line in lines:
+        for piece in line.split("\r"):
+            assert len(piece) <= 79, (
+                piece
+            )  # the last column stays free: writing there wraps some terminals
+    assert all("acc " in piece for line in bars for piece in line.split("\r") if "[" in piece)
+
+
+def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
+    from helpers import REAL_MNIST
+    if REAL_MNIST is None:
+        pytest.skip("real MNIST not found (set MNIST_DIR)")
+    history = train_mnist.train(
+        train_mnist.Config(data_dir=REAL_MNIST, optimizer="adam", disp_batches=0)
+    )
+    assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
