@@ -157,12 +157,12 @@ class FlatArrays(collections.abc.Mapping):
 
 
 class Replica:
-    """One context's part of training."""
-    # Its executors by batch share, its parameters and gradients.
+    """One context's part of training: its executors by batch share, its parameters, gradients."""
 
-    def __init__(self, ctx, layout):
+    def __init__(self, ctx, layout, flags=0):
+        # flags: floats after the gradients in their buffer, summed with them: a worker's stop flag.
         self.ctx, self.layout = ctx, layout
-        params, grads = mx.nd.zeros(layout.size, ctx), mx.nd.zeros(layout.size, ctx)
+        params, grads = mx.nd.zeros(layout.size, ctx), mx.nd.zeros(layout.size + flags, ctx)
         self.params = FlatArrays(params, layout.views(params))
         self.grads = FlatArrays(grads, layout.views(grads))
         self.executors = {}
@@ -211,7 +211,9 @@ class Model:
     # and scoring use.
 
     def __init__(self, graph, layout, ctxs, sync, speed, iterators):
-        self.replicas = [Replica(ctx, layout) for ctx in ctxs]
+        # With several workers, one float after the gradients is each worker's stop flag (Run).
+        flags = 1 if sync.num_workers > 1 else 0
+        self.replicas = [Replica(ctx, layout, flags) for ctx in ctxs]
         self.graph, self.layout, self.sync, self.speed = graph, layout, sync, speed
         self.arg_params, first = self.replicas[0].params, self.replicas[0]
         self.params, self.grads = (speed.grouped(layout, first.params.flat, first.grads.flat)
@@ -255,6 +257,11 @@ class Model:
                 labels[begin:end].reshape((-1,)).copyto(exe.arg_dict[LABEL])
             executors.append(exe)
         return executors, samples
+
+    @property
+    def stop_flag(self):
+        """The float after the first replica's gradients, summed over workers with them."""
+        return self.replicas[0].grads.flat[self.layout.size:]
 
     def sum_grads(self):
         """Sum the gradients of every replica and worker into the first replica's."""

@@ -51,22 +51,21 @@ class Diverged(RunError):
 
 
 class Interrupted(RunError):
-    """A signal stopped the run, after saving where it could."""
-    # Exit code 130, as a shell reports Ctrl-C.
-    # A closed stdout stops it as SIGPIPE would: quietly, with exit code 141, as a shell reports
-    # that.
+    """A signal stopped the run, after saving where it could: exit code 130, as for Ctrl-C."""
+    # A closed stdout stops it as SIGPIPE would: quietly, with exit code 141, as a shell says.
 
-    def __init__(self, message, signum=None):
+    def __init__(self, message, signum=None, quiet=False):
         super().__init__(message)
-        self.signum = signum
+        # quiet: nothing to say (another worker says it, or stdout is closed).
+        self.signum, self._quiet = signum, quiet
 
     @property
     def quiet(self):
-        return self.signum == signal.SIGPIPE
+        return self._quiet or self.signum == signal.SIGPIPE
 
     @property
     def exit_code(self):
-        return 141 if self.quiet else 130
+        return 141 if self.signum == signal.SIGPIPE else 130
 
 
 def mxnet_reason(error):
@@ -96,9 +95,9 @@ class reported:
         if error is None:
             return False
         if isinstance(error, (signals.Stop, Interrupted)):
-            quiet = getattr(error, "signum", None) == signal.SIGPIPE
-            self.code = 128 + signal.SIGPIPE if quiet else 130
-            line = None if quiet else f"{self.program}: {error}"
+            piped = getattr(error, "signum", None) == signal.SIGPIPE
+            self.code = 128 + signal.SIGPIPE if piped else 130
+            line = None if piped or getattr(error, "quiet", False) else f"{self.program}: {error}"
         elif isinstance(error, RunError):
             self.code, line = error.exit_code, f"{self.program}: error: {error}"
         elif isinstance(error, (MemoryError, OSError)):

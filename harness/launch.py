@@ -1,19 +1,25 @@
 """Launch a parameter-server job with MXNet's own launcher, mxnet.tools.launch, and watch it."""
 #     python -m harness.launch -n 2 -s 1 -- python train_mnist.py --kv-store dist_sync
-#     python -m harness.launch -n 2 -s 1 --launcher ssh -H hosts -- \\
+#     python -m harness.launch -n 2 -s 1 --launcher ssh -H hosts -- \
 #         python train_mnist.py --kv-store dist_sync
 #
-# MXNet's launcher (its dmlc tracker) starts the scheduler, the servers and the workers, locally or
-# over ssh, with the DMLC_* variables that ps-lite reads. On its own it does not notice a process
-# that dies: the job then waits forever, and a stopped launcher leaves the rest running. So this
-# module runs it under a watchdog:
+# MXNet's launcher (its dmlc tracker) starts the scheduler, the servers and the workers, locally,
+# over ssh or with mpirun, with the DMLC_* variables that ps-lite reads. On its own it does not
+# notice a process that dies: the job then waits forever, and a stopped launcher leaves the rest
+# running. So this module runs it under a watchdog:
 #
 # - each process of the job runs under a guard (this module with --guard), which reports its exit;
-# - when any process fails, or --timeout passes, or a signal comes, the whole job is stopped: the
-#   local processes by their session, the remote ones by their ssh connection (run with -tt, so
-#   that they get a hangup when it closes) and by a search for the job's tag;
-# - the exit code is 0 when every process ended well, 1 naming the first that did not, 124 on
-#   --timeout and 130 on a signal.
+# - the scheduler listens on a free port of its own, so that jobs on one machine do not collide;
+# - a worker that a signal stopped (exit 130, its step saved) stops the job cleanly: the other
+#   workers stop with it (they agree on it in the gradients' sum), and the job ends with exit 130
+#   and the one line that rank 0 prints;
+# - a signal to this launcher is passed to the job's workers alone, for the same clean stop; a
+#   second one, or a clean stop that does not end in time, ends every process at once;
+# - when a process fails, or --timeout passes, every process is stopped: the local ones by their
+#   session, the remote ones by their ssh connection (run with -tt, so that they get a hangup when
+#   it closes) and by a search for the job's tag.
+# The exit code is 0 when every process ended well, 1 naming the first that did not, 124 on
+# --timeout, 130 on a signal.
 import argparse
 import os
 import re
@@ -29,10 +35,18 @@ import threading
 import time
 
 _HERE = os.path.abspath(__file__)
-_MARK = "@@harness.launch"        # how a guard's report line starts
-_GRACE_S = 3.0  # after SIGTERM, before SIGKILL: a process blocked in ps-lite does not see SIGTERM
-_LATE_S = 10.0               # how long the reports of a finished job may trail the launcher's exit
-_TAG = "LAUNCH_JOB_TAG"      # in every process's environment: how the stop finds them
+# How a guard's report line starts.
+_MARK = "@@harness.launch"
+# After SIGTERM, before SIGKILL: a process blocked in ps-lite does not see SIGTERM.
+_GRACE_S = 3.0
+# How long the reports of a finished job may trail the tracker's exit.
+_LATE_S = 10.0
+# How long a clean stop may take: every worker's last step, rank 0's save, ps-lite's shutdown.
+_STOPPING_S = 60.0
+# In every process's environment: how a stop finds them. The guard marks its own child.
+_TAG, _CHILD = "LAUNCH_JOB_TAG", "LAUNCH_JOB_CHILD"
+# What the trainer prints its resume command with.
+_LAUNCHER_ENV = "HARNESS_LAUNCHER"
 
 
 def main(argv=None):
@@ -40,7 +54,7 @@ def main(argv=None):
     if argv[:1] == ["--guard"]:
         return _guard(argv[1], argv[3:])
     if argv[:1] == ["--tracker"]:
-        return _tracker(argv[1], argv[2:])
+        return _tracker(argv[1], int(argv[2]), argv[3:])
     args = _parse(argv)
     tag = "job-" + secrets.token_hex(6)
     command = shlex.join([sys.executable, _guard_path(args), "--guard", tag, "--", *args.command])
@@ -54,80 +68,52 @@ def main(argv=None):
     ]
     tracker += ["-H", args.hostfile] if args.hostfile else []
     tracker += ["--sync-dst-dir", args.sync_dst_dir] if args.sync_dst_dir else []
+    own = argv[:len(argv) - len(args.command)]
+    env = dict(os.environ, **{_TAG: tag, _LAUNCHER_ENV: shlex.join(
+        [sys.executable, "-m", "harness.launch", *own])})
+    if args.launcher == "local":
+        # ps-lite's nodes listen on this address (ssh and mpi set their own).
+        env.setdefault("DMLC_NODE_HOST", args.host_ip)
+    hosts = _hosts(args) if args.launcher == "ssh" else []
     with tempfile.TemporaryDirectory(prefix="launch-") as shim:
-        # The trainer prints its resume command under this launcher, with these words.
-        launcher = shlex.join(
-            [sys.executable, "-m", "harness.launch", *argv[: len(argv) - len(args.command)]]
-        )
-        env = dict(os.environ, **{_TAG: tag, "HARNESS_LAUNCHER": launcher})
-        if (
-            args.launcher == "local"
-        ):  # ps-lite's nodes listen on this address (ssh and mpi set their own)
-            env.setdefault("DMLC_NODE_HOST", args.host_ip)
         if args.launcher == "ssh":
             env["PATH"] = _ssh_shim(shim, args.ssh_config) + os.pathsep + env["PATH"]
-        process = subprocess.Popen(
-            [sys.executable, _HERE, "--tracker", args.host_ip, *tracker, command],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        job = _Job(process, args.num_workers + args.num_servers + 1)
-        for signum in (
-            signal.SIGTERM,
-            signal.SIGHUP,
-        ):  # as Ctrl-C: the job is stopped, not left running
-            signal.signal(signum, _interrupt)
+        port = _free_port()
+        process = subprocess.Popen([sys.executable, _HERE, "--tracker", args.host_ip, str(port),
+                                    *tracker, command], env=env, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        job = _Job(process, (args.num_workers, args.num_servers), (tag, hosts, args.ssh_config))
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, job.on_signal)
         try:
             return job.watch(args.timeout)
-        except KeyboardInterrupt:
-            print("harness.launch: interrupted; stopping the job", file=sys.stderr)
-            return 130
         finally:
-            _stop(process, tag, _hosts(args) if args.launcher == "ssh" else [], args.ssh_config)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+            _stop(process, tag, hosts, args.ssh_config)
 
 
 def _parse(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m harness.launch",
-        description=__doc__.split("\n\n")[0],
-        usage="%(prog)s -n N [-s S] [--launcher L] [-H HOSTFILE] ... -- COMMAND",
-    )
+        prog="python -m harness.launch", description=__doc__,
+        usage="%(prog)s -n N [-s S] [--launcher L] [-H HOSTFILE] ... -- COMMAND")
     parser.add_argument(
         "-n", "--num-workers", type=int, required=True, help="the number of workers"
     )
+    parser.add_argument("-s", "--num-servers", type=int,
+                        help="the number of servers (default: as many as workers)")
+    parser.add_argument("--launcher", choices=("local", "ssh", "mpi"), default="local",
+                        help="where the processes run: here, on the hosts over ssh, or with mpirun")
     parser.add_argument(
-        "-s", "--num-servers", type=int, help="the number of servers (default: as many as workers)"
+        "-H", "--hostfile", help="the hosts of ssh and mpi, one per line: host[:port]"
     )
     parser.add_argument(
-        "--launcher",
-        choices=("local", "ssh", "mpi"),
-        default="local",
-        help="where the processes run: this machine, the hosts over ssh, or mpirun "
-        "(default: local)",
+        "--sync-dst-dir", help="with ssh: copy this folder there on every host first"
     )
-    parser.add_argument(
-        "-H", "--hostfile", help="the hosts of ssh and mpi, one per line: host or host:port"
-    )
-    parser.add_argument(
-        "--sync-dst-dir", help="with ssh: copy this folder there on every host (rsync) first"
-    )
-    parser.add_argument(
-        "--host-ip",
-        default="127.0.0.1",
-        help="the address of this machine that the others reach the scheduler at (default: "
-        "127.0.0.1, right for --launcher local)",
-    )
+    parser.add_argument("--host-ip", default="127.0.0.1",
+                        help="the address of this machine that the others reach the scheduler at "
+                             "(default: 127.0.0.1, right for --launcher local)")
     parser.add_argument("--ssh-config", help="an ssh_config file for the job's ssh connections")
-    parser.add_argument(
-        "--timeout", type=float, default=0, help="stop the job after this many seconds; 0: never"
-    )
+    parser.add_argument("--timeout", type=float, default=0,
+                        help="stop the job after this many seconds; 0: never")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the job's command, after --")
     args = parser.parse_args(argv)
     args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -166,101 +152,130 @@ def _parse(argv):
 
 
 def _guard_path(args):
-    # With --sync-dst-dir the job runs from the copy of the current folder: name this script inside
-    # it.
+    # With --sync-dst-dir the job runs from the copy of the current folder: this file, in it.
     if args.sync_dst_dir and _HERE.startswith(os.getcwd() + os.sep):
         return os.path.join(args.sync_dst_dir, os.path.relpath(_HERE))
     return _HERE
 
 
-def _tracker(host_ip, argv):
+def _free_port():
+    """A port that the system has just given out, not the tracker's first free one from 9091."""
+    # The tracker's own search gives two jobs started together the same port.
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _tracker(host_ip, port, argv):
     """Run mxnet.tools.launch in this process, as `python -m mxnet.tools.launch argv` would."""
     import runpy
     # This file runs as a script here: the project's root makes its package importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(_HERE)))
     from harness import compat
     compat.install()
-    # The dmlc tracker in mxnet 1.9.1 calls Thread.isAlive(), which Python 3.9 removed (is_alive()
-    # remains): the alias lets it run unchanged.
+    # The dmlc tracker in mxnet 1.9.1 calls Thread.isAlive(), which Python 3.9 removed: the alias
+    # lets it run unchanged.
     if not hasattr(threading.Thread, "isAlive"):
         threading.Thread.isAlive = threading.Thread.is_alive
-    # mxnet.tools.launch cannot say which address the scheduler listens on; its guess can be one the
-    # other hosts do not reach. --host-ip says it.
     from dmlc_tracker import tracker
+    # mxnet.tools.launch cannot say which address the scheduler listens on; its guess can be one
+    # the other hosts do not reach. --host-ip says it, and the port is the one chosen for this job.
     tracker.get_host_ip = lambda host_ip_=None: host_ip
+    tracker.PSTracker.__init__.__defaults__ = (port, port + 1, None)
     sys.argv = ["mxnet.tools.launch", *argv]
     runpy.run_module("mxnet.tools.launch", run_name="__main__", alter_sys=True)
     return 0
 
 
 def _guard(tag, command):
-    """Run one process of the job."""
-    # Report its role, host and exit code on a line the watchdog reads.
-    env = dict(os.environ, **{_TAG: tag})
-    child = subprocess.Popen(command, env=env)
+    """Run one process of the job; report its role, host and exit on a line the watchdog reads."""
+    role = os.environ.get("DMLC_ROLE", "?")
+    child = subprocess.Popen(command, env=dict(os.environ, **{_TAG: tag, _CHILD: "1"}))
 
     def forward(signum, frame):
-        child.send_signal(signum)
+        # A scheduler or a server must outlive the workers' last step: a stop is for workers.
+        if role == "worker":
+            child.send_signal(signum)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     code = child.wait()
-    role, task = os.environ.get("DMLC_ROLE", "?"), os.environ.get("DMLC_TASK_ID", "")
-    print(
-        f"{_MARK} {tag} role={role} task={task} host={socket.gethostname()} pid={child.pid} "
-        f"code={code}",
-        flush=True,
-    )
+    task = os.environ.get("DMLC_TASK_ID", "")
+    print(f"{_MARK} {tag} role={role} task={task} host={socket.gethostname()} pid={child.pid} "
+          f"code={code}", flush=True)
     return code if code >= 0 else 128 - code
 
 
 class _Job:
     """The tracker's output, relayed line by line, with the guards' reports picked out of it."""
 
-    def __init__(self, process, expected):
-        self.process, self.expected, self.reports, self.failed = process, expected, [], None
+    def __init__(self, process, sizes, where):
+        # sizes: (workers, servers); where: (the job's tag, its ssh hosts, their ssh_config).
+        self.process, (self.workers, servers), self.where = process, sizes, where
+        self.expected = self.workers + servers + 1
+        self.reports, self.failed, self.stopping, self.signals = [], None, None, 0
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self):
+        pattern = rf"{_MARK} \S+ role=(\S*) task=(\S*) host=(\S*) pid=(\d+) code=(-?\d+)"
         for line in self.process.stdout:
-            match = re.match(
-                rf"{_MARK} \S+ role=(\S*) task=(\S*) host=(\S*) pid=(\d+) code=(-?\d+)",
-                line.strip(),
-            )
+            match = re.match(pattern, line.strip())
             if not match:
                 sys.stdout.write(line)
                 sys.stdout.flush()
                 continue
             role, task, host, pid, code = match.groups()
-            self.reports.append(int(code))
-            if int(code) != 0 and self.failed is None:
+            self.reports.append((role, int(code)))
+            if role == "worker" and int(code) == 130:
+                # A worker stopped on a signal, after saving: the others stop with it.
+                self.stopping = self.stopping or time.monotonic()
+            elif int(code) != 0 and self.failed is None:
                 what = f"{role}{' ' + task if task else ''} on {host} (pid {pid})"
                 self.failed = f"{what} {_describe(int(code))}"
 
+    def on_signal(self, signum, frame):
+        """A signal to the launcher: a clean stop of the job's workers; a second, the end now."""
+        self.signals += 1
+        if self.signals > 1:
+            raise KeyboardInterrupt
+        self.stopping = self.stopping or time.monotonic()
+        _signal_workers(signal.SIGTERM, *self.where)
+
     def watch(self, timeout):
         """Wait for the job; return its exit code, printing why it failed."""
-        started = time.monotonic()
-        ended = None
-        while True:
-            if self.failed:
-                return _fail(f"{self.failed} while the job ran; stopping the others")
-            if len(self.reports) == self.expected:
-                return 0
-            if ended is None and self.process.poll() is not None:
-                ended = time.monotonic()
-            if ended is not None and time.monotonic() - ended > _LATE_S:
-                return _fail(
-                    f"MXNet's launcher ended, but only {len(self.reports)} of the job's "
-                    f"{self.expected} "
-                    "processes reported an exit; stopping the others"
-                )
-            if timeout and time.monotonic() - started > timeout:
-                print(
-                    f"harness.launch: error: the job ran past --timeout {timeout:g} s; stopping it",
-                    file=sys.stderr,
-                )
-                return 124
-            time.sleep(0.1)
+        started, ended = time.monotonic(), None
+        try:
+            while True:
+                if self.failed:
+                    return _fail(f"{self.failed} while the job ran; stopping the others")
+                workers = [code for role, code in self.reports if role == "worker"]
+                if len(self.reports) == self.expected or self.stopping and self._workers_done():
+                    # A clean stop: rank 0 has said what it saved, and how to resume.
+                    return 130 if self.stopping or 130 in workers else 0
+                if self.stopping and time.monotonic() - self.stopping > _STOPPING_S:
+                    return _fail(
+                        f"the job did not stop within {_STOPPING_S:g} s of a signal; ended it"
+                    )
+                if ended is None and self.process.poll() is not None:
+                    ended = time.monotonic()
+                if ended is not None and time.monotonic() - ended > _LATE_S:
+                    if self._workers_done() and set(workers) == {0}:
+                        return 0
+                    return _fail(
+                        f"MXNet's launcher ended, but only {len(self.reports)} of the job's "
+                        f"{self.expected} processes reported an exit; stopping the others"
+                    )
+                if timeout and time.monotonic() - started > timeout:
+                    print(f"harness.launch: error: the job ran past --timeout {timeout:g} s; "
+                          "stopping it", file=sys.stderr)
+                    return 124
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("harness.launch: stopped by a second signal; ending the job now", file=sys.stderr)
+            return 130
+
+    def _workers_done(self):
+        return sum(1 for role, _ in self.reports if role == "worker") == self.workers
 
 
 def _fail(message):
@@ -269,8 +284,7 @@ def _fail(message):
 
 
 def _describe(code):
-    if code > 128 and code - 128 in signal.Signals._value2member_map_:
-        return f"was killed by {signal.Signals(code - 128).name}"
+    """What a guard's report of a child's return code means."""
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
@@ -279,15 +293,11 @@ def _describe(code):
 def _ssh_shim(folder, config):
     """A folder with an `ssh` that adds -tt and the job's ssh_config, to be first on the PATH."""
     # With -tt, the remote processes get a hangup when their connection closes.
-    # and the job's ssh_config, for the launcher to find first on its PATH.
-    real, extra = (
-        shutil.which("ssh"),
-        f"-F {shlex.quote(os.path.abspath(config))} " if config else "",
-    )
+    real = shutil.which("ssh")
+    extra = f"-F {shlex.quote(os.path.abspath(config))} " if config else ""
     path = os.path.join(folder, "ssh")
     with open(path, "w") as f:
-        # rsync speaks its protocol over the connection, which a terminal would garble: no -tt for
-        # it.
+        # rsync speaks its protocol over the connection, which a terminal would garble: no -tt.
         f.write(f'#!/bin/sh\ncase "$*" in *"rsync --server"*) exec {real} {extra}"$@";; esac\n'
                 f'exec {real} -tt {extra}"$@"\n')
     os.chmod(path, 0o755)
@@ -297,9 +307,19 @@ def _ssh_shim(folder, config):
 def _hosts(args):
     with open(args.hostfile) as f:
         entries = [line.split("slots=")[0].strip() for line in f if line.strip()]
-    return sorted(
-        {(entry.split(":")[0], entry.split(":")[1] if ":" in entry else "22") for entry in entries}
-    )
+    return sorted({(entry.split(":")[0], entry.split(":")[1] if ":" in entry else "22")
+                   for entry in entries})
+
+
+def _signal_workers(signum, tag, hosts, ssh_config):
+    """Send signum to the job's worker processes, here and on every host, not to their guards."""
+    for pid in _tagged(tag, worker=True):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _on_hosts(f"grep -qsz {_CHILD}=1 $p/environ && grep -qsz DMLC_ROLE=worker $p/environ && "
+              f"kill -{int(signum)} ${{p#/proc/}}", tag, hosts, ssh_config)
 
 
 def _stop(process, tag, hosts, ssh_config):
@@ -310,35 +330,43 @@ def _stop(process, tag, hosts, ssh_config):
                 os.killpg(pid, sig) if pid == process.pid else os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        for host, port in hosts:  # what a lost connection left running, found by the job's tag
-            script = (f"for p in /proc/[0-9]*; do grep -qsz {_TAG}={tag} $p/environ && "
-                      f"kill -{sig.value} ${{p#/proc/}}; done; true")
-            config = ["-F", ssh_config] if ssh_config else []
-            try:
-                subprocess.run(["ssh", *config, "-o", "BatchMode=yes", "-p", port, host, script],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-            except subprocess.TimeoutExpired:
-                print(
-                    f"harness.launch: warning: could not reach {host} to stop what is left there",
-                    file=sys.stderr,
-                )
+        # What a lost connection left running, found by the job's tag.
+        _on_hosts(f"kill -{int(sig)} ${{p#/proc/}}", tag, hosts, ssh_config)
         deadline = time.monotonic() + _GRACE_S
         while (process.poll() is None or _tagged(tag)) and time.monotonic() < deadline:
             time.sleep(0.1)
     process.wait()
 
 
-def _tagged(tag):
-    """The pids of this machine whose environment holds the job's tag."""
+def _on_hosts(action, tag, hosts, ssh_config):
+    """Run action for each process of the job ($p: its /proc folder) on every remote host."""
+    script = f"for p in /proc/[0-9]*; do grep -qsz {_TAG}={tag} $p/environ && {action}; done; true"
+    config = ["-F", ssh_config] if ssh_config else []
+    for host, port in hosts:
+        try:
+            subprocess.run(["ssh", *config, "-o", "BatchMode=yes", "-p", port, host, script],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        except subprocess.TimeoutExpired:
+            print(
+                f"harness.launch: warning: could not reach {host} to stop the job's processes "
+                "there",
+                file=sys.stderr,
+            )
+
+
+def _tagged(tag, worker=False):
+    """The pids here whose environment holds the job's tag (worker: only its worker trainers)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
                 with open(f"/proc/{entry}/environ", "rb") as f:
-                    if f"{_TAG}={tag}".encode() in f.read().split(b"\0"):
-                        found.append(int(entry))
+                    env = f.read().split(b"\0")
             except OSError:
                 continue
+            if f"{_TAG}={tag}".encode() in env and (
+                    not worker or b"DMLC_ROLE=worker" in env and f"{_CHILD}=1".encode() in env):
+                found.append(int(entry))
     return found
 
 

@@ -54,6 +54,8 @@ class Run:
         self.model = self.opt = self.meter = self.symbols = None
         self.locks, self.digests, self.metrics, self.begun = [], None, None, False
         self.epoch, self.tic, self.epoch_rng, self.signals = 0, 0.0, None, None
+        # The stop flags of steps whose sums are not read yet (workers only).
+        self.flags = []
         # The checkpoint resumed, decoded; and each epoch's batch count, for the progress lines.
         self.resumed, self.batch_counts = None, {}
         # The stem of the checkpoint whose weights load_weights took.
@@ -403,8 +405,7 @@ class Run:
 
     def batches(self, train_iter):
         """train_iter's batches for this epoch, after those a resumed epoch had done."""
-        # Between two, the
-        # run's business: a bounded queue, progress, and a signal's save.
+        # Between two batches: the queue kept short, the progress lines, and a signal's save.
         if not self.begun:
             self._check_data(getattr(train_iter, "digests", None))
         train_iter.reset()
@@ -412,6 +413,9 @@ class Run:
         for i, batch in enumerate(train_iter):
             if i < done:
                 continue
+            if self.sync.num_workers > 1:
+                # Every worker says, in the step's own sum, whether it has a signal to honour.
+                self.model.stop_flag[:] = 1.0 if self.signals.pending else 0.0
             yield batch
             self._after_step(i)
             if self.config.dry_run:
@@ -426,12 +430,23 @@ class Run:
             meter.wait(last)
             self.begun = True
             self._begin()
-        if self.signals.pending:
+        if self._stop_agreed(last):
             raise self._interrupt(self.signals.pending, in_epoch=i + 1)
         disp = self.config.disp_batches
         if self.progress and disp and (i + 1) % disp == 0:
             batches = self.batch_counts.get(self.epoch, 0)
             self.progress(report.progress_figures(meter, self.epoch, i + 1, batches, self.tic))
+
+    def _stop_agreed(self, last):
+        """Whether to stop after this step: on a signal here, or, with workers, one any of them had.
+
+        Workers agree through the flag summed with the gradients, read a step late, when that step's
+        sum is done: every worker reads the same sum after the same step, and all stop together.
+        """
+        if self.sync.num_workers == 1:
+            return bool(self.signals.pending)
+        self.flags.append(self.model.stop_flag.copy())
+        return len(self.flags) > 1 and self.flags.pop(0).asscalar() > 0
 
     def end_epoch(self, meter, scored):
         """After the epoch's last step and its scoring."""
@@ -444,7 +459,10 @@ class Run:
             self._begin()
         seconds = time.perf_counter() - self.tic
         self._check_finite(per_batch)
-        totals = self.sync.all_workers(per_batch.sum(axis=0))
+        # The stop flag rides with the totals: every worker learns of any worker's signal here too.
+        local = np.append(per_batch.sum(axis=0), 1.0 if self.signals.pending else 0.0)
+        *totals, stops = self.sync.all_workers(local)
+        self.flags = []
         if self.config.dry_run:
             samples = meter.total_samples()[0]
             self.log(
@@ -465,7 +483,7 @@ class Run:
                 self.metrics.append(self.history[-1])
             self.log(report.epoch_line(self.history[-1]))
         meter.reset()
-        if self.signals.pending:
+        if stops:
             raise self._interrupt(self.signals.pending)
 
     def finish(self, scored):
@@ -531,8 +549,13 @@ class Run:
         )
         if in_epoch:
             state.samples = meter.samples[:in_epoch]
-            state.stats = [[mx.nd.stack(*slots[:in_epoch]) for slots in meter.stats]]
         return state
+
+    def _gathered_stats(self, batches):
+        """Every worker's per-device metrics of the epoch's first batches, [worker][device]."""
+        mine = mx.nd.stack(*[mx.nd.stack(*slots[:batches]) for slots in self.meter.stats])
+        every = self.sync.gather(mine.as_in_context(mx.cpu()))
+        return [[every[w][d] for d in range(every.shape[1])] for w in range(every.shape[0])]
 
     def _save(self, tag, state):
         values, arrays = sidecar.encode(state)
@@ -551,19 +574,22 @@ class Run:
         """Save the state after the last completed step; return the Interrupted to raise."""
         # in_epoch: the batches done of the current epoch, or None between epochs.
         config, epoch = self.config, self.epoch
-        stopped = f"stopped by {signals.name(signum)} " + (
-            f"in epoch {epoch} after batch {in_epoch}" if in_epoch else f"after epoch {epoch}"
-        )
+        cause = signals.name(signum) if signum else "a signal to another worker"
+        where = f"in epoch {epoch} after batch {in_epoch}" if in_epoch else f"after epoch {epoch}"
+        stopped = f"stopped by {cause} {where}"
+        # With workers, every worker takes part in gathering the epoch's metrics; rank 0 alone
+        # saves, and alone says so: the job ends with one line.
+        stats = self._gathered_stats(in_epoch) if in_epoch else None
         if self.rank > 0:
-            return Interrupted(stopped, signum)
+            return Interrupted(stopped, signum, quiet=True)
         if not config.model_prefix:
             return Interrupted(f"{stopped}; nothing saved, since --model-prefix is not set", signum)
         self.model.arg_params[self.model.layout.names[0]].wait_to_read()
         tag = Tag(epoch, in_epoch) if in_epoch else Tag(epoch)
         if tag not in checkpoint.listing(config.model_prefix):
-            self._save(
-                tag, self._state(self.epoch_rng if in_epoch else self.rng.get_state(), in_epoch)
-            )
+            state = self._state(self.epoch_rng if in_epoch else self.rng.get_state(), in_epoch)
+            state.stats = stats
+            self._save(tag, state)
         stem = tag.stem(config.model_prefix)
         if not in_epoch and epoch >= config.num_epochs:
             return Interrupted(

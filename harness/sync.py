@@ -18,7 +18,7 @@ HOROVOD_INSTALL = (
 # What ps-lite reads to find its job; a launcher sets them.
 _DMLC = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
 # kvstore keys
-_GRADS, _WEIGHTS, _TOTALS = 0, 1, 2
+_GRADS, _WEIGHTS, _TOTALS, _GATHER = 0, 1, 2, 3
 
 
 def create(kind, num_contexts):
@@ -51,8 +51,7 @@ class Sync:
         """Sum the flat gradient buffers of every context and worker into grads[0]."""
 
     def share_weights(self, params, from_rank0=False):
-        """Copy params[0] into the other contexts' buffers (from_rank0."""
-        # After taking rank 0's values).
+        """Copy params[0] into the other contexts' buffers (first, from_rank0: rank 0's values)."""
         for other in params[1:]:
             params[0].copyto(other)
 
@@ -60,10 +59,13 @@ class Sync:
         """totals (a numpy array) summed over all workers."""
         return totals
 
+    def gather(self, array):
+        """Every worker's array (an NDArray on the CPU), stacked in rank order."""
+        return array.expand_dims(0)
+
 
 class KVStoreSync(Sync):
-    """MXNet's kvstore."""
-    # Push every context's buffer and pull the sum, over workers too with dist_sync.
+    """MXNet's kvstore: push each context's buffer, pull the sum; over workers with dist_sync."""
 
     def __init__(self, kind):
         self.kv = mx.kv.create(kind)
@@ -71,7 +73,7 @@ class KVStoreSync(Sync):
 
     def init(self, flat_grads):
         self.kv.init(_GRADS, flat_grads)
-        self.kv.init(_TOTALS, mx.nd.zeros(2, flat_grads.context))
+        self.totals_size = None
 
     def sum_grads(self, grads):
         self.kv.push(_GRADS, grads)
@@ -79,9 +81,8 @@ class KVStoreSync(Sync):
 
     def share_weights(self, params, from_rank0=False):
         if from_rank0 and self.num_workers > 1:
-            self.kv.init(
-                _WEIGHTS, params[0]
-            )  # the store keeps rank 0's value, and every worker pulls it
+            # The store keeps rank 0's value, and every worker pulls it.
+            self.kv.init(_WEIGHTS, params[0])
             self.kv.pull(_WEIGHTS, out=params[0])
         super().share_weights(params)
 
@@ -89,10 +90,25 @@ class KVStoreSync(Sync):
         if self.num_workers == 1:
             return totals
         ctx = mx.cpu()
+        if self.totals_size is None:
+            # Every worker sums its first totals at the same point: the key's one collective init.
+            self.kv.init(_TOTALS, mx.nd.zeros(len(totals), ctx))
+            self.totals_size = len(totals)
         self.kv.push(_TOTALS, mx.nd.array(totals, ctx))
-        summed = mx.nd.zeros(2, ctx)
+        summed = mx.nd.zeros(len(totals), ctx)
         self.kv.pull(_TOTALS, out=summed)
         return summed.asnumpy().astype(np.float64)
+
+    def gather(self, array):
+        if self.num_workers == 1:
+            return array.expand_dims(0)
+        # A sum of arrays that are zero but for each worker's own row: every row, exactly.
+        rows = mx.nd.zeros((self.num_workers, *array.shape), array.context)
+        rows[self.rank] = array
+        self.kv.init(_GATHER, mx.nd.zeros(rows.shape, array.context))
+        self.kv.push(_GATHER, rows)
+        self.kv.pull(_GATHER, out=rows)
+        return rows
 
 
 class HorovodSync(Sync):
@@ -113,7 +129,8 @@ class HorovodSync(Sync):
         self.hvd, self.rank, self.num_workers = hvd, hvd.rank(), hvd.size()
 
     def sum_grads(self, grads):
-        for other in grads[1:]:  # this process's devices first, then the processes
+        # This process's devices first, then the processes.
+        for other in grads[1:]:
             grads[0] += other.as_in_context(grads[0].context)
         self.hvd.allreduce_(grads[0], op=self.hvd.Sum, name="gradients")
 
@@ -126,3 +143,6 @@ class HorovodSync(Sync):
         summed = mx.nd.array(totals)
         self.hvd.allreduce_(summed, op=self.hvd.Sum, name="totals")
         return summed.asnumpy()
+
+    def gather(self, array):
+        return self.hvd.allgather(array.expand_dims(0), name="gather")

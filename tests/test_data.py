@@ -2,10 +2,10 @@
 import mxnet as mx
 import numpy as np
 import pytest
-from helpers import config, write_mnist
 
 import data
 from harness import devices
+from helpers import config, write_mnist
 
 
 def test_pixel_floats_span_0_to_1_within_float32_rounding_of_byte_over_255():

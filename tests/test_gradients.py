@@ -2,9 +2,9 @@
 import mxnet as mx
 import numpy as np
 import pytest
-from helpers import batch_of, bound_model, numpy_probs
 
 import network
+from helpers import batch_of, bound_model, numpy_probs
 
 
 def _summed_loss(params, images, labels):

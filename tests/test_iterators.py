@@ -3,10 +3,10 @@
 import mxnet as mx
 import numpy as np
 import pytest
-from helpers import REAL_MNIST, assert_params_close, config, saved_params, write_mnist
 
 import data
 import train_mnist
+from helpers import REAL_MNIST, assert_params_close, config, saved_params, write_mnist
 
 
 def _ndarray_iters(folder, batch=100, **kwargs):

@@ -5,10 +5,10 @@ import sys
 
 import mxnet as mx
 import pytest
-from helpers import ROOT, assert_params_close, config, run_cli, saved_params
 
 import train_mnist
 from harness import plots
+from helpers import ROOT, assert_params_close, config, run_cli, saved_params
 
 
 def _config(folder, **overrides):

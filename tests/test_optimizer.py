@@ -250,9 +250,8 @@ def test_a_new_optimizer_is_one_subclass():
 
 @pytest.mark.parametrize("mode, per_epoch", [("discard", 2), ("pad", 3)])
 def test_the_schedules_count_the_batches_the_iterator_yields(mode, per_epoch):
-    from helpers import config
-
     import data
+    from helpers import config
     # 10 samples in batches of 4: a discarding iterator yields 2 batches an epoch, a padding one 3.
     iterator = mx.io.NDArrayIter(
         np.zeros((10, 1), np.float32), np.zeros(10), 4, last_batch_handle=mode

@@ -4,10 +4,10 @@ import re
 import shlex
 
 import pytest
-from helpers import ROOT
 
 import train_mnist
 from harness import cli
+from helpers import ROOT
 
 with open(os.path.join(ROOT, "README.md")) as _f:
     README = _f.read()

@@ -6,10 +6,10 @@ import shlex
 import mxnet as mx
 import numpy as np
 import pytest
-from helpers import batch_of, bound_model, config, numpy_probs, synthetic_arrays
 
 import train_mnist
 from harness import cli
+from helpers import batch_of, bound_model, config, numpy_probs, synthetic_arrays
 from optimizer import SGD
 
 

@@ -10,11 +10,11 @@ import time
 import mxnet as mx
 import numpy as np
 import pytest
-from helpers import ROOT, config, run_cli, tree_bytes
 
 import data
 import network
 import train_mnist
+from helpers import ROOT, config, run_cli, tree_bytes
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import sys
 
 import mxnet as mx
 import pytest
-from helpers import BAD_DATA, ROOT, corrupt, run_cli, tree_bytes
 
 import train_mnist
 from harness import checks, cli
+from helpers import BAD_DATA, ROOT, corrupt, run_cli, tree_bytes
 
 
 def test_every_config_field_is_a_flag_with_its_comment_and_a_readable_default(capsys):

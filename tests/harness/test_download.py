@@ -6,10 +6,10 @@ import os
 import threading
 
 import pytest
-from helpers import idx_bytes, synthetic_arrays
 
 from harness import datasets, idx_files
 from harness.errors import DataError
+from helpers import idx_bytes, synthetic_arrays
 
 
 class _Mirror(http.server.ThreadingHTTPServer):

@@ -8,13 +8,13 @@
 import mxnet as mx
 import numpy as np
 import pytest
-from helpers import REAL_MNIST, batch_of, bound_model, config, synthetic_arrays
 
 import data
 import network
 import optimizer
 import train_mnist
 from harness import fast
+from helpers import REAL_MNIST, batch_of, bound_model, config, synthetic_arrays
 
 SETTINGS = [
     dict(),

@@ -15,6 +15,9 @@ import zlib
 import mxnet as mx
 import numpy as np
 import pytest
+
+import network
+from harness import checkpoint, datasets
 from helpers import (
     ROOT,
     idx_bytes,
@@ -25,9 +28,6 @@ from helpers import (
     write_idx,
     write_mnist,
 )
-
-import network
-from harness import checkpoint, datasets
 
 FLAGS = [
     "--num-hidden",

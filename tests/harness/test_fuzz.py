@@ -3,12 +3,12 @@ import gzip
 import os
 
 import numpy as np
-from helpers import idx_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import idx_files
 from harness.errors import DataError
+from helpers import idx_bytes
 
 _IMAGES = idx_bytes(np.random.RandomState(0).randint(0, 256, size=(3, 28, 28)).astype(np.uint8))
 _LABELS = idx_bytes(np.array([1, 9, 0], dtype=np.uint8))

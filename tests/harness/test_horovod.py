@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+
 from helpers import ROOT, assert_params_close, run_cli, saved_params
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")

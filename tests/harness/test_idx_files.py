@@ -5,6 +5,9 @@ import os
 
 import numpy as np
 import pytest
+
+from harness import datasets, idx_files
+from harness.errors import DataError
 from helpers import (
     BAD_DATA,
     REAL_MNIST,
@@ -14,9 +17,6 @@ from helpers import (
     write_idx,
     write_mnist,
 )
-
-from harness import datasets, idx_files
-from harness.errors import DataError
 
 
 def _read(folder=None, **kwargs):

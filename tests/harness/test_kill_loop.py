@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import train_with_faults, write_mnist
 
 from harness import checkpoint
+from helpers import train_with_faults, write_mnist
 
 FLAGS = [
     "--num-hidden",

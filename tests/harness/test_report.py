@@ -5,10 +5,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, config, run_cli
 
 import train_mnist
 from harness import datasets, plots
+from helpers import ROOT, config, run_cli
 
 
 def _config(folder, **overrides):

@@ -1,34 +1,38 @@
-"""Several devices in one process, and dist_sync workers launched by harness.launch."""
-# On this machine: as local processes, and over ssh.
+"""Several devices in one process, and dist_sync workers launched by python -m harness.launch."""
+# On this machine: as local processes, and over ssh to 127.0.0.1. Each job carries a variable of its
+# own test, so that no test counts, or stops, the processes of anyone else's job.
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
-from helpers import ROOT, assert_params_close, config, saved_params
 
 import train_mnist
+from helpers import ROOT, assert_params_close, config, saved_params
 
-LAUNCH = [sys.executable, os.path.join(ROOT, "harness", "launch.py")]
+LAUNCH = [sys.executable, "-m", "harness.launch"]
 TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
+FLAGS = ["--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16", "--mom", "0.9",
+         "--disp-batches", "0", "--plot-dir", "none"]
+FIGURES = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+_MINE = "SCALE_TEST_JOB"
 
 
-@pytest.mark.parametrize(
-    "cpus, settings", [(2, {}), (3, {"mom": 0.9}), (2, {"optimizer": "adam", "lr": 0.001})]
-)
-def test_several_contexts_train_like_one_with_the_same_global_batch(
-    synthetic_dir, tmp_path, cpus, settings
-):
-    # 1050 samples in batches of 64: 16 full batches split unevenly (e.g. 22/21/21) and a tail of
-    # 26.
+@pytest.mark.parametrize("cpus, settings",
+                         [(2, {}), (3, {"mom": 0.9}), (2, {"optimizer": "adam", "lr": 0.001})])
+def test_several_contexts_train_like_one_with_the_same_global_batch(synthetic_dir, tmp_path, cpus,
+                                                                    settings):
+    # 1050 samples in batches of 64: 16 batches split unevenly (22/21/21, say) and a tail of 26.
     common = dict(batch_size=64, **settings)
     one = train_mnist.train(config(synthetic_dir, model_prefix=str(tmp_path / "one"), **common))
-    many = train_mnist.train(
-        config(synthetic_dir, model_prefix=str(tmp_path / "many"), cpus=cpus, **common)
-    )
+    many = train_mnist.train(config(synthetic_dir, model_prefix=str(tmp_path / "many"), cpus=cpus,
+                                    **common))
     # After one epoch's 17 steps, and after 51.
     for epoch in (1, 3):
         assert_params_close(
@@ -45,92 +49,239 @@ def test_more_devices_than_samples_in_a_batch_is_refused(synthetic_dir, capsys):
     assert code == 2 and "leaves a batch of 2 samples for 3 devices" in err and err.count("\n") == 1
 
 
-FLAGS = [
-    "--num-epochs",
-    "3",
-    "--batch-size",
-    "64",
-    "--num-hidden",
-    "32,16",
-    "--mom",
-    "0.9",
-    "--disp-batches",
-    "0",
-    "--plot-dir",
-    "none",
-]
+class Job:
+    """A launched job of this test: its launcher, and the processes that carry its mark."""
+
+    def __init__(self, launcher_args, command, **popen):
+        self.mark = uuid.uuid4().hex
+        env = dict(os.environ, **{_MINE: self.mark})
+        self.process = subprocess.Popen(
+            LAUNCH + launcher_args + ["--"] + command,
+            cwd=ROOT,
+            env=env,
+            stdout=popen.pop("stdout", subprocess.PIPE),
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
+
+    def processes(self, role=None, trainers=False):
+        """The pids here that belong to this job (role: only those of it; trainers: not guards)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = dict(
+                        item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item
+                    )
+            except (OSError, ValueError):
+                continue
+            if env.get(_MINE.encode()) != self.mark.encode():
+                continue
+            if role and env.get(b"DMLC_ROLE") != role.encode():
+                continue
+            if trainers and env.get(b"LAUNCH_JOB_CHILD") != b"1":
+                continue
+            found.append(int(entry))
+        return found
+
+    def finish(self, timeout=180):
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, out or "", err
+
+    def kill(self):
+        """End the launcher and whatever of the job is left: no test leaves a job running."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGINT)
+            self.process.communicate(timeout=60)
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
-def _single(synthetic_dir, tmp_path):
-    single = subprocess.run(
-        TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix", str(tmp_path / "single")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture
+def jobs():
+    started = []
+
+    def start(launcher_args, command, **popen):
+        started.append(Job(launcher_args, command, **popen))
+        return started[-1]
+    yield start
+    for job in started:
+        job.kill()
+
+
+def _train(folder, prefix, *extra):
+    return TRAIN + [
+        "--data-dir",
+        folder,
+        *FLAGS,
+        "--kv-store",
+        "dist_sync",
+        "--model-prefix",
+        prefix,
+        *extra,
+    ]
+
+
+def _single(synthetic_dir, tmp_path, *extra, name="single"):
+    single = subprocess.run(TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix",
+                                     str(tmp_path / name), *extra], capture_output=True, text=True,
+                            timeout=120)
     assert single.returncode == 0, single.stderr
     return single
 
 
 def _same_as_single(single, dist, tmp_path):
+    code, out, err = dist
     # The job ended by itself, past the last epoch: no worker hung waiting for another.
-    assert dist.returncode == 0, dist.stderr
+    assert code == 0, err
     # Rank 0 alone reports.
-    assert dist.stdout.count("final test accuracy") == 1
+    assert out.count("final test accuracy") == 1
     for epoch in (1, 3):
         assert_params_close(
             saved_params(tmp_path / "single", epoch), saved_params(tmp_path / "dist", epoch)
         )
-    # Over ssh -tt the workers write to a terminal: each line comes with the codes that draw over
-    # the bar.
-    lines = [
-        line.replace("\033[K", "").strip() for line in dist.stdout.replace("\r", "\n").splitlines()
+    # Over ssh -tt the workers write to a terminal: lines come with the codes that draw a bar.
+    lines = [line.replace("\033[K", "").strip() for line in out.replace("\r", "\n").splitlines()]
+    lines = [line.split()[:8] for line in lines if line.startswith("epoch ")]
+    assert lines == [
+        line.split()[:8] for line in single.stdout.splitlines() if line.startswith("epoch ")
     ]
-    lines = [line for line in lines if line.startswith("epoch ")]
-    assert [line.split()[:8] for line in lines] == [
-        line.split()[:8] for line in single.stdout.splitlines() if line.startswith("epoch ")]
 
 
-def _job_processes():
-    """The pids of this machine that belong to a launched job (they carry DMLC_ROLE)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if any(item.startswith(b"DMLC_ROLE=") for item in f.read().split(b"\0")):
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path):
+def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path, jobs):
     single = _single(synthetic_dir, tmp_path)
-    dist = subprocess.run(
-        LAUNCH
-        + ["-n", "2", "-s", "1", "--timeout", "150", "--"]
-        + TRAIN
-        + [
-            "--data-dir",
-            synthetic_dir,
-            *FLAGS,
-            "--kv-store",
-            "dist_sync",
-            "--model-prefix",
-            str(tmp_path / "dist"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+    job = jobs(
+        ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist"))
     )
-    _same_as_single(single, dist, tmp_path)
-    assert not _job_processes()
+    _same_as_single(single, job.finish(), tmp_path)
+    assert not job.processes()
+
+
+def test_two_jobs_on_one_machine_each_listen_on_a_port_of_their_own(synthetic_dir, tmp_path, jobs):
+    first = jobs(
+        ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "a"))
+    )
+    time.sleep(0.5)
+    second = jobs(
+        ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "b"))
+    )
+    for job in (first, second):
+        code, out, err = job.finish()
+        assert code == 0 and out.count("final test accuracy") == 1, err
+    assert saved_params(tmp_path / "a", 3).keys() == saved_params(tmp_path / "b", 3).keys()
+
+
+@pytest.mark.parametrize("victim", ["first", "last"])
+def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly(
+    synthetic_dir, tmp_path, jobs, victim
+):
+    # The whole run's figures and bytes, straight, to compare the resumed one with.
+    straight = jobs(["-n", "2", "-s", "1", "--timeout", "150"],
+                    _train(synthetic_dir, str(tmp_path / "straight"), "--batch-size", "10",
+                           "--metrics-file", str(tmp_path / "straight.jsonl")))
+    assert straight.finish()[0] == 0
+    prefix, metrics = str(tmp_path / "cut"), str(tmp_path / "cut.jsonl")
+    job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--batch-size", "10",
+                                              "--metrics-file", metrics))
+    deadline = time.time() + 60
+    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
+        time.sleep(0.02)
+    workers = sorted(job.processes("worker", trainers=True))
+    assert len(workers) == 2
+    signalled = time.time()
+    os.kill(workers[0] if victim == "first" else workers[-1], signal.SIGTERM)
+    code, out, err = job.finish(timeout=60)
+    assert code == 130 and time.time() - signalled < 15
+    said = [line for line in (out + err).splitlines() if "stopped by" in line or "error" in line]
+    assert len(said) == 1 and " in epoch " in said[0] and "Traceback" not in out + err, out + err
+    assert not job.processes()
+    again = shlex.split(said[0].split("Resume with: ")[1])
+    assert again[:3] == [sys.executable, "-m", "harness.launch"] and "--resume" in again
+    done = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (
+        open(prefix + "-0003.params", "rb").read()
+        == open(tmp_path / "straight-0003.params", "rb").read()
+    )
+    # The metrics are part of the run: the resumed epoch's figures are the uninterrupted ones.
+    figures = [[[json.loads(line)[k] for k in FIGURES] for line in open(path)]
+               for path in (metrics, tmp_path / "straight.jsonl")]
+    assert figures[0] == figures[1]
+
+
+def test_a_signal_to_the_launcher_stops_every_worker_cleanly_with_one_line(
+    synthetic_dir, tmp_path, jobs
+):
+    prefix = str(tmp_path / "dist")
+    job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--num-epochs", "1000",
+                                              "--batch-size", "10"))
+    deadline = time.time() + 60
+    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
+        time.sleep(0.02)
+    job.process.send_signal(signal.SIGINT)
+    code, out, err = job.finish(timeout=60)
+    said = [line for line in (out + err).splitlines() if "stopped by" in line or "error" in line]
+    assert code == 130 and len(said) == 1 and "Resume with:" in said[0], out + err
+    assert not job.processes()
+
+
+@pytest.mark.parametrize(
+    "exit_code, expected", [(3, "exited with code 3"), (-9, "was killed by SIGKILL")]
+)
+def test_the_launcher_names_how_a_process_ended(jobs, exit_code, expected):
+    script = ("import os, signal, sys; role = os.environ['DMLC_ROLE']; "
+              f"code = {exit_code}; role == 'worker' and os.environ.get('DMLC_TASK_ID') == '1' and "
+              "(os.kill(os.getpid(), signal.SIGKILL) if code < 0 else sys.exit(code)); "
+              "import time; time.sleep(60)")
+    job = jobs(["-n", "2", "-s", "1", "--timeout", "90"], [sys.executable, "-c", script])
+    code, out, err = job.finish(timeout=120)
+    assert code == 1 and "harness.launch: error: worker 1 on " in err and expected in err, err
+
+
+def test_a_bare_dist_sync_run_says_it_needs_a_launcher(synthetic_dir, capsys):
+    env_names = [name for name in os.environ if name.startswith("DMLC_")]
+    assert not env_names
+    code = train_mnist.main(["--data-dir", synthetic_dir, "--kv-store", "dist_sync"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "python -m harness.launch -n 2 -s 1 -- python train_mnist.py --kv-store dist_sync" in err
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_job_resumes_on_another_worker_count_at_an_epoch_checkpoint(
+    synthetic_dir, tmp_path, jobs, before, after
+):
+    single = _single(synthetic_dir, tmp_path)
+    prefix = str(tmp_path / "dist")
+
+    def run(workers, *extra):
+        if workers == 1:
+            done = subprocess.run(
+                TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix", prefix, *extra],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            return done.returncode, done.stdout, done.stderr
+        return jobs(["-n", str(workers), "-s", "1", "--timeout", "150"],
+                    _train(synthetic_dir, prefix, *extra)).finish()
+    code, _, err = run(before, "--num-epochs", "2")
+    assert code == 0, err
+    code, _, err = run(after, "--load-epoch", "2")
+    assert code == 0, err
+    # Another worker count sums in another order: the parameters agree as different counts do.
+    assert_params_close(saved_params(tmp_path / "single", 3), saved_params(tmp_path / "dist", 3))
+    assert single.returncode == 0
 
 
 @pytest.fixture
 def sshd(tmp_path):
-    """An sshd on 127.0.0.1 at a free high port, with keys made here."""
-    # (its client ssh_config, its hostfile).
+    """An sshd on 127.0.0.1 at a free high port, with keys made here: (its ssh_config, hostfile)."""
     if not os.path.exists("/usr/sbin/sshd"):
         pytest.skip("no sshd here: apt-get install -y openssh-server (.ci/run does)")
     folder = tmp_path / "ssh"
@@ -143,16 +294,14 @@ def sshd(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (folder / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder}/host\nAuthorizedKeysFile "
-        f"{folder}/user.pub\n"
-        f"PidFile {folder}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "StrictModes no\nUsePAM no\nLogLevel ERROR\n"
-    )
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder}/host\n"
+        f"AuthorizedKeysFile {folder}/user.pub\nPidFile {folder}/sshd.pid\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n"
+        f"LogLevel ERROR\nAcceptEnv {_MINE}\n")
     (folder / "ssh_config").write_text(
-        f"Host *\n  IdentityFile {folder}/user\n  IdentitiesOnly yes\n  UserKnownHostsFile "
-        f"{folder}/known_hosts\n"
-        "  StrictHostKeyChecking no\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 10\n"
-    )
+        f"Host *\n  IdentityFile {folder}/user\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {folder}/known_hosts\n  StrictHostKeyChecking no\n  BatchMode yes\n"
+        f"  LogLevel ERROR\n  ConnectTimeout 10\n  SendEnv {_MINE}\n")
     (folder / "hosts").write_text(f"127.0.0.1:{port}\n")
     # sshd insists on its privilege-separation folder.
     os.makedirs("/run/sshd", exist_ok=True)
@@ -171,51 +320,22 @@ def sshd(tmp_path):
 
 
 def test_the_ssh_launcher_to_127_0_0_1_trains_like_one_process_and_leaves_nothing(
-    synthetic_dir, tmp_path, sshd
+    synthetic_dir, tmp_path, sshd, jobs
 ):
-    config, hosts = sshd
+    ssh_config, hosts = sshd
     single = _single(synthetic_dir, tmp_path)
-    dist = subprocess.run(
-        LAUNCH
-        + [
-            "-n",
-            "2",
-            "-s",
-            "1",
-            "--launcher",
-            "ssh",
-            "-H",
-            hosts,
-            "--ssh-config",
-            config,
-            "--timeout",
-            "150",
-            "--",
-        ]
-        + TRAIN
-        + [
-            "--data-dir",
-            synthetic_dir,
-            *FLAGS,
-            "--kv-store",
-            "dist_sync",
-            "--model-prefix",
-            str(tmp_path / "dist"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    _same_as_single(single, dist, tmp_path)
+    job = jobs(["-n", "2", "-s", "1", "--launcher", "ssh", "-H", hosts, "--ssh-config", ssh_config,
+                "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist")))
+    _same_as_single(single, job.finish(), tmp_path)
     # The remote side ends as its connections close.
     deadline = time.time() + 10
-    while _job_processes() and time.time() < deadline:
+    while job.processes() and time.time() < deadline:
         time.sleep(0.2)
-    assert not _job_processes()
+    assert not job.processes()
 
 
 _PUSH_PULL = """
-import sys
+import os, sys
 sys.path.insert(0, sys.argv[1])
 from harness import compat
 compat.install()
@@ -228,71 +348,32 @@ for step in range(1, 4):
     kv.pull(7, out=out)
     expected = sum(rank + 1 for rank in range(kv.num_workers)) * step
     assert (out.asnumpy() == expected).all(), (step, out.asnumpy(), expected)
-import os
-os.write(1, f"ok{kv.rank}\\n".encode())  # one write: the workers share the launcher's stdout
+# One write: the workers share the launcher's stdout.
+os.write(1, f"ok{kv.rank}\\n".encode())
 """
 
 
-def test_the_server_sums_each_step_and_keeps_no_running_total():
-    run = subprocess.run(
-        LAUNCH
-        + ["-n", "3", "-s", "1", "--timeout", "60", "--", sys.executable, "-c", _PUSH_PULL, ROOT],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert run.returncode == 0, run.stderr
-    assert sorted(run.stdout.split()) == ["ok0", "ok1", "ok2"]
+def test_the_server_sums_each_step_and_keeps_no_running_total(jobs):
+    code, out, err = jobs(["-n", "3", "-s", "1", "--timeout", "60"],
+                          [sys.executable, "-c", _PUSH_PULL, ROOT]).finish(timeout=90)
+    assert code == 0, err
+    assert sorted(out.split()) == ["ok0", "ok1", "ok2"]
 
 
-def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path):
+def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path, jobs):
     prefix = str(tmp_path / "dist")
-    launcher = subprocess.Popen(
-        LAUNCH
-        + ["-n", "2", "-s", "1", "--"]
-        + TRAIN
-        + [
-            "--data-dir",
-            synthetic_dir,
-            "--num-epochs",
-            "1000",
-            "--batch-size",
-            "64",
-            "--num-hidden",
-            "32,16",
-            "--kv-store",
-            "dist_sync",
-            "--model-prefix",
-            prefix,
-            "--disp-batches",
-            "0",
-            "--plot-dir",
-            "none",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--num-epochs", "1000"),
+               stdout=subprocess.DEVNULL)
     deadline = time.time() + 90
     while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
         time.sleep(0.05)
     assert os.path.exists(prefix + "-0002.manifest.json"), "the job never got going"
-    trainers = {}
-    for pid in _job_processes():
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            words = f.read().split(b"\0")
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            role = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)[
-                b"DMLC_ROLE"
-            ]
-        if b"--guard" not in words and any(word.endswith(b"train_mnist.py") for word in words):
-            trainers[pid] = role.decode()
-    assert sorted(trainers.values()) == ["scheduler", "server", "worker", "worker"]
-    victim = max(pid for pid, role in trainers.items() if role == "worker")
+    roles = {role: job.processes(role, trainers=True) for role in ("scheduler", "server", "worker")}
+    assert [len(roles[role]) for role in ("scheduler", "server", "worker")] == [1, 1, 2]
+    victim = max(roles["worker"])
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
-    _, err = launcher.communicate(timeout=30)
-    assert time.time() - killed_at < 15
-    assert launcher.returncode == 1
+    code, _, err = job.finish(timeout=30)
+    assert time.time() - killed_at < 15 and code == 1
     assert "harness.launch: error: worker" in err and f"(pid {victim}) was killed by SIGKILL" in err
-    assert not _job_processes()
+    assert not job.processes()

@@ -6,9 +6,9 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT, synthetic_arrays, train_with_faults, write_mnist
 
 from harness import checkpoint
+from helpers import ROOT, synthetic_arrays, train_with_faults, write_mnist
 
 FLAGS = ["--num-hidden", "32,16", "--num-epochs", "2", "--disp-batches", "0"]
 
