@@ -52,8 +52,7 @@ def sample_counts(paths):
 
 
 def read(paths):
-    """(train_images, train_labels, test_images, test_labels."""
-    # Digests) from the four files of find().
+    """(train_images, train_labels, test_images, test_labels, digests) from find()'s files."""
     # Images are (N, 784) uint8, labels (N,) int32 in 0..9; digests maps each file's name to the
     # SHA-256 of its decompressed bytes, which identifies the data a checkpoint was trained on.
     arrays, digests = [], {}
@@ -285,7 +284,7 @@ def _download(dataset, name, folder, mirrors, progress):
     for mirror in mirrors:
         url = mirror + name + ".gz"
         try:
-            _fetch_verified(url, name, folder, progress, dataset.sha256[name])
+            _fetch_verified(url, (dataset, name), folder, progress)
             return
         except (OSError, ValueError, EOFError, zlib.error, http.client.HTTPException,
                 DataError) as err:
@@ -296,9 +295,11 @@ def _download(dataset, name, folder, mirrors, progress):
                     + _missing_message(folder, missing, f"the {dataset.name} cache"))
 
 
-def _fetch_verified(url, name, folder, progress, expected):
+def _fetch_verified(url, file, folder, progress):
+    """Download file, (dataset, name), verified as its dataset publishes it."""
     # Written to a temporary file in the target folder and renamed only once the checksum holds,
     # so an interrupted or corrupt download never leaves a file that looks complete.
+    dataset, name = file
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
@@ -315,10 +316,11 @@ def _fetch_verified(url, name, folder, progress, expected):
                     progress(name, done, total)
             if total and done != total:
                 raise EOFError(f"connection closed after {done} of {total} bytes")
-        digest = _digest(tmp, compressed=True)
+        expected = dataset.sha256[name]
+        digest = _digest(tmp, compressed=not dataset.gz)
         if digest != expected:
-            raise ValueError(f"SHA-256 of the decompressed content is {digest[:12]}..., expected "
-                             f"{expected[:12]}...")
+            what = "the .gz file" if dataset.gz else "the decompressed content"
+            raise ValueError(f"SHA-256 of {what} is {digest[:12]}..., expected {expected[:12]}...")
         # mkstemp makes it owner-only; the cache is shared like any download.
         os.chmod(tmp, 0o644)
         os.replace(tmp, os.path.join(folder, name + ".gz"))

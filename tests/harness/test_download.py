@@ -1,4 +1,5 @@
 """Downloads into the cache, from a small HTTP server on 127.0.0.1 that the test starts itself."""
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -26,7 +27,7 @@ class _Mirror(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     # http.server's naming.
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         server = self.server
         server.requests.append(self.path)
         body = server.payloads.get(self.path.lstrip("/"))
@@ -140,3 +141,57 @@ def test_only_missing_files_are_fetched(payloads, serve):
         "/" + n + ".gz" for n in datasets.FILES if n != datasets.FILES[1]
     )
     assert len(_cache_files()) == 4
+
+
+def _sibling(name, payloads, mirror, gz=False):
+    """The registry's dataset name, its sums pointed at payloads' and its mirrors at mirror."""
+    def digest(file):
+        served = payloads[file + ".gz"]
+        return hashlib.sha256(served if gz else gzip.decompress(served)).hexdigest()
+    return dataclasses.replace(datasets.DATASETS[name], mirrors=(mirror.url,),
+                               sha256={file: digest(file) for file in datasets.FILES})
+
+
+def test_fashion_mnist_downloads_into_its_own_cache_and_trains_with_its_class_names(payloads, serve,
+                                                                                      monkeypatch,
+                                                                                      tmp_path):
+    import train_mnist
+    from helpers import config
+    mirror = serve(payloads)
+    monkeypatch.setitem(
+        datasets.DATASETS, "fashion-mnist", _sibling("fashion-mnist", payloads, mirror)
+    )
+    lines = []
+    history = train_mnist.train(config(dataset="fashion-mnist", num_epochs=2, batch_size=20,
+                                       plot_dir=str(tmp_path / "pics")), log=lines.append)
+    assert len(history) == 2 and history[-1]["test_acc"] > 0.5
+    folder = idx_files.default_cache_dir(datasets.DATASETS["fashion-mnist"])
+    assert folder.endswith(os.path.join("datasets", "fashion-mnist"))
+    assert sorted(os.listdir(folder)) == sorted(name + ".gz" for name in datasets.FILES)
+    assert any(line.startswith("downloading train-images-idx3-ubyte.gz") for line in lines)
+    assert (tmp_path / "pics" / "confusion_matrix.png").stat().st_size > 2000
+    # The MNIST cache was not touched.
+    assert not os.path.exists(idx_files.default_cache_dir())
+
+
+def test_a_dataset_published_with_sums_of_its_gz_files_is_verified_by_them(
+    payloads, serve, monkeypatch
+):
+    good = serve(payloads)
+    kmnist = _sibling("kmnist", payloads, good, gz=True)
+    monkeypatch.setitem(datasets.DATASETS, "kmnist", kmnist)
+    assert kmnist.gz and len(idx_files.read(idx_files.find(kmnist))[0]) == 300
+    # A served file whose content differs is refused, and nothing is left in the cache.
+    other = dataclasses.replace(
+        kmnist, folder="kmnist-other", mirrors=(serve(payloads, "corrupt").url,)
+    )
+    with pytest.raises(DataError, match="SHA-256 of the .gz file is"):
+        idx_files.find(other)
+    assert os.listdir(idx_files.default_cache_dir(other)) == []
+
+
+def test_the_siblings_are_registered_with_their_classes():
+    assert datasets.DATASETS["fashion-mnist"].classes[9] == "Ankle boot"
+    assert datasets.DATASETS["kmnist"].classes[:2] == ("o", "ki")
+    assert all(len(d.classes) == datasets.NUM_CLASSES and len(d.sha256) == 4
+               for d in datasets.DATASETS.values())
