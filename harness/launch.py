@@ -35,11 +35,12 @@ import threading
 import time
 
 _HERE = os.path.abspath(__file__)
-# How a guard's report line starts.
+# How a guard's report line starts, and the tracker's of a launch command that failed.
 _MARK = "@@harness.launch"
+_LOST = "@@harness.launch-failed"
 # After SIGTERM, before SIGKILL: a process blocked in ps-lite does not see SIGTERM.
 _GRACE_S = 3.0
-# How long the reports of a finished job may trail the tracker's exit.
+# How long the reports of a job may trail the tracker's exit, when its scheduler did not end well.
 _LATE_S = 10.0
 # How long a clean stop may take: every worker's last step, rank 0's save, ps-lite's shutdown.
 _STOPPING_S = 60.0
@@ -182,9 +183,24 @@ def _tracker(host_ip, port, argv):
     # the other hosts do not reach. --host-ip says it, and the port is the one chosen for this job.
     tracker.get_host_ip = lambda host_ip_=None: host_ip
     tracker.PSTracker.__init__.__defaults__ = (port, port + 1, None)
+    # A launch command that fails raises in the tracker's thread, which prints a traceback and ends,
+    # while the job waits for its process forever: report it instead, as a guard reports an exit.
+    threading.excepthook = _report_launch_failure
     sys.argv = ["mxnet.tools.launch", *argv]
     runpy.run_module("mxnet.tools.launch", run_name="__main__", alter_sys=True)
     return 0
+
+
+def _report_launch_failure(hook):
+    """A failed launch command of the tracker's: a line for the watchdog, not a traceback."""
+    error = hook.exc_value
+    if not isinstance(error, subprocess.CalledProcessError):
+        return threading.__excepthook__(hook)
+    command = str(error.cmd)
+    role = re.search(r"DMLC_ROLE=(\w+)", command)
+    host = re.search(r"DMLC_NODE_HOST=([^;\s']+)", command)
+    print(f"{_LOST} role={role[1] if role else '?'} host={host[1] if host else '?'} "
+          f"code={error.returncode}", flush=True)
 
 
 def _guard(tag, command):
@@ -196,6 +212,12 @@ def _guard(tag, command):
         # A scheduler or a server must outlive the workers' last step: a stop is for workers.
         if role == "worker":
             child.send_signal(signum)
+        # A hangup: the connection to the launcher is gone, and with it the launcher's stop. The
+        # child has the clean stop's time, then ends, whatever it waits for.
+        if signum == signal.SIGHUP:
+            timer = threading.Timer(_STOPPING_S, lambda: child.poll() is None and child.kill())
+            timer.daemon = True
+            timer.start()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     code = child.wait()
@@ -219,6 +241,13 @@ class _Job:
     def _read(self):
         pattern = rf"{_MARK} \S+ role=(\S*) task=(\S*) host=(\S*) pid=(\d+) code=(-?\d+)"
         for line in self.process.stdout:
+            lost = re.match(rf"{_LOST} role=(\S*) host=(\S*) code=(-?\d+)", line.strip())
+            if lost:
+                role, host, code = lost.groups()
+                # 255: ssh's own failure, not the process's (whose guard has reported it).
+                if code == "255" and self.failed is None:
+                    self.failed = f"the connection to {role} on {host} was lost"
+                continue
             match = re.match(pattern, line.strip())
             if not match:
                 sys.stdout.write(line)
@@ -258,13 +287,14 @@ class _Job:
                     )
                 if ended is None and self.process.poll() is not None:
                     ended = time.monotonic()
-                if ended is not None and time.monotonic() - ended > _LATE_S:
+                # A scheduler that ended well has seen every worker's last step: what is left is
+                # their shutdown, which can take many seconds on a busy machine.
+                late = _STOPPING_S if ("scheduler", 0) in self.reports else _LATE_S
+                if ended is not None and time.monotonic() - ended > late:
                     if self._workers_done() and set(workers) == {0}:
                         return 0
-                    return _fail(
-                        f"MXNet's launcher ended, but only {len(self.reports)} of the job's "
-                        f"{self.expected} processes reported an exit; stopping the others"
-                    )
+                    return _fail(f"MXNet's launcher ended, but after {late:g} s no exit was "
+                                 f"reported by {self._missing()}; stopping the others")
                 if timeout and time.monotonic() - started > timeout:
                     print(f"harness.launch: error: the job ran past --timeout {timeout:g} s; "
                           "stopping it", file=sys.stderr)
@@ -273,6 +303,17 @@ class _Job:
         except KeyboardInterrupt:
             print("harness.launch: stopped by a second signal; ending the job now", file=sys.stderr)
             return 130
+
+    def _missing(self):
+        """Which of the job's processes have not reported, as "1 of 3 workers"."""
+        expected = {"worker": self.workers, "server": self.expected - self.workers - 1,
+                    "scheduler": 1}
+        parts = []
+        for role, count in expected.items():
+            left = count - sum(1 for reported, _ in self.reports if reported == role)
+            if left > 0:
+                parts.append(f"{left} of {count} {role}{'s' if count > 1 else ''}")
+        return " and ".join(parts) or "none of them"
 
     def _workers_done(self):
         return sum(1 for role, _ in self.reports if role == "worker") == self.workers
@@ -292,9 +333,11 @@ def _describe(code):
 
 def _ssh_shim(folder, config):
     """A folder with an `ssh` that adds -tt and the job's ssh_config, to be first on the PATH."""
-    # With -tt, the remote processes get a hangup when their connection closes.
+    # With -tt, the remote processes get a hangup when their connection closes. The keepalives
+    # notice a host that is gone within 20 s: an idle connection would never notice.
     real = shutil.which("ssh")
-    extra = f"-F {shlex.quote(os.path.abspath(config))} " if config else ""
+    extra = "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
+    extra += f"-F {shlex.quote(os.path.abspath(config))} " if config else ""
     path = os.path.join(folder, "ssh")
     with open(path, "w") as f:
         # rsync speaks its protocol over the connection, which a terminal would garble: no -tt.

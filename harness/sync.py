@@ -108,6 +108,9 @@ class KVStoreSync(Sync):
         self.kv.init(_GATHER, mx.nd.zeros(rows.shape, array.context))
         self.kv.push(_GATHER, rows)
         self.kv.pull(_GATHER, out=rows)
+        # Done here, before any worker moves on: one that went on into MXNet's shutdown while the
+        # gather was in flight left another's pull waiting forever, in 1 run of 3.
+        rows.wait_to_read()
         return rows
 
 

@@ -131,7 +131,8 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error_in_bounded_time(synthetic
 def test_without_horovod_the_flag_is_one_line_with_the_install_command(
     capsys, synthetic_dir, monkeypatch
 ):
-    monkeypatch.setitem(sys.modules, "horovod", None)  # as if it were not installed
+    # as if it were not installed
+    monkeypatch.setitem(sys.modules, "horovod", None)
     monkeypatch.setitem(sys.modules, "horovod.mxnet", None)
     code, out, err = run_cli(capsys, "--data-dir", synthetic_dir, "--kv-store", "horovod")
     assert code == 2 and err.count("\n") == 1 and "needs Horovod, which is not installed" in err

@@ -360,6 +360,33 @@ def test_the_server_sums_each_step_and_keeps_no_running_total(jobs):
     assert sorted(out.split()) == ["ok0", "ok1", "ok2"]
 
 
+_SLOW_EXIT = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from harness import compat
+compat.install()
+import mxnet as mx
+kv = mx.kv.create("dist_sync")
+rank = kv.rank
+kv.init(3, mx.nd.zeros(2))
+kv.push(3, mx.nd.ones(2))
+# The kvstore's end is ps-lite's last barrier: the scheduler ends with it, and rank 1 lingers.
+del kv
+if rank == 1:
+    time.sleep(15)
+os.write(1, f"done{rank}\\n".encode())
+"""
+
+
+def test_a_worker_slow_to_exit_after_the_last_barrier_is_waited_for(jobs):
+    started = time.monotonic()
+    code, out, err = jobs(["-n", "2", "-s", "1", "--timeout", "90"],
+                          [sys.executable, "-c", _SLOW_EXIT, ROOT]).finish(timeout=120)
+    assert code == 0 and err == "", err
+    assert sorted(out.split()) == ["done0", "done1"]
+    assert time.monotonic() - started > 15
+
+
 def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path, jobs):
     prefix = str(tmp_path / "dist")
     job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--num-epochs", "1000"),
