@@ -18,6 +18,7 @@ RECORD_KEYS = (
     "test_loss",
     "test_acc",
     "epoch_seconds",
+    "train_seconds",
     "samples_per_second",
 )
 
@@ -98,16 +99,19 @@ def progress_figures(meter, epoch, batch, batches, tic):
 
 def record(epoch, totals, samples, test, seconds):
     """One epoch's figures: train loss and accuracy from the summed totals, test, and the time."""
-    # samples: (the epoch's samples over all workers, those of them this run trained).
-    (correct, loss_sum), (everyone, trained) = totals, samples
+    # samples: (the epoch's samples over all workers, those of them this run trained); seconds:
+    # (the whole epoch's, its training steps' alone, without scoring the test set).
+    (correct, loss_sum), (everyone, trained), (epoch_seconds, train_seconds) = (totals, samples,
+                                                                               seconds)
     values = (
         epoch,
         float(loss_sum / everyone),
         float(correct / everyone),
         test["loss"],
         test["acc"],
-        seconds,
-        trained / seconds,
+        epoch_seconds,
+        train_seconds,
+        trained / train_seconds if trained else 0.0,
     )
     return dict(zip(RECORD_KEYS, values))
 
@@ -249,11 +253,8 @@ def pictures_warning():
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
-        return (
-            f"warning: no pictures will be drawn ({err}): {shlex.quote(sys.executable)} -m pip "
-            "install "
-            "matplotlib"
-        )
+        return (f"warning: no pictures will be drawn ({err}): "
+                f"{shlex.quote(sys.executable)} -m pip install matplotlib")
     return None
 
 

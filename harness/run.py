@@ -54,6 +54,8 @@ class Run:
         self.model = self.opt = self.meter = self.symbols = None
         self.locks, self.digests, self.metrics, self.begun = [], None, None, False
         self.epoch, self.tic, self.epoch_rng, self.signals = 0, 0.0, None, None
+        # The last epoch's training steps, in seconds, until their work was done.
+        self.train_seconds = 0.0
         # The stop flags of steps whose sums are not read yet (workers only).
         self.flags = []
         # The checkpoint resumed, decoded; and each epoch's batch count, for the progress lines.
@@ -67,8 +69,7 @@ class Run:
 
     @property
     def trains(self):
-        """Whether this run trains, rather than only reading a checkpoint (--evaluate."""
-        # --export-onnx...).
+        """Whether this run trains, rather than only reading a checkpoint (--evaluate...)."""
         return not (self.config.evaluate or self.config.export_onnx or self.config.predict)
 
     @property
@@ -335,8 +336,7 @@ class Run:
             kind = "MXNet's own checkpoint" if self.start.foreign else "its weights alone"
             self.log(
                 f"warm start from {tag.stem(prefix)} ({kind}): the optimizer and the RNG start "
-                "afresh, "
-                f"training epochs {self.first_epoch} to {self.config.num_epochs}"
+                f"afresh, training epochs {self.first_epoch} to {self.config.num_epochs}"
             )
         elif tag is not None:
             self._resume(tag)
@@ -386,22 +386,20 @@ class Run:
 
     def epochs(self, batches):
         """The epochs to train, in order (batches: epoch -> its batch count)."""
-        # Inside, a signal waits for the
-        # step in progress to end.
+        # Inside, a signal waits for the step in progress to end.
         self.batch_counts = batches
         # A signal during start-up whose raise was lost stops the run here, before any training.
         signals.check()
         with signals.deferred() as self.signals:
             for epoch in range(self.first_epoch + len(self.history), self.config.num_epochs + 1):
-                self.epoch, self.tic, self.epoch_rng = (
-                    epoch,
-                    time.perf_counter(),
-                    self.rng.get_state(),
-                )
+                self.epoch, self.tic = epoch, time.perf_counter()
+                self.epoch_rng = self.rng.get_state()
                 yield epoch
                 if self.config.dry_run:
                     break
         signals.set_stage(self._after_training())
+        # A signal that came as the last epoch ended, after its check: recorded, and honoured here.
+        signals.check()
 
     def batches(self, train_iter):
         """train_iter's batches for this epoch, after those a resumed epoch had done."""
@@ -420,6 +418,10 @@ class Run:
             self._after_step(i)
             if self.config.dry_run:
                 return
+        # The steps' own time, without the scoring after them: what the speed figures compare.
+        if self.meter.samples:
+            self.meter.wait(len(self.meter.samples) - 1)
+        self.train_seconds = time.perf_counter() - self.tic
 
     def _after_step(self, i):
         meter = self.meter
@@ -438,11 +440,10 @@ class Run:
             self.progress(report.progress_figures(meter, self.epoch, i + 1, batches, self.tic))
 
     def _stop_agreed(self, last):
-        """Whether to stop after this step: on a signal here, or, with workers, one any of them had.
-
-        Workers agree through the flag summed with the gradients, read a step late, when that step's
-        sum is done: every worker reads the same sum after the same step, and all stop together.
-        """
+        """Whether to stop after this step: on a signal here, or one any worker had."""
+        # Workers agree through the flag summed with the gradients, read a step late, when that
+        # step's sum is done: every worker reads the same sum after the same step, and all stop
+        # together.
         if self.sync.num_workers == 1:
             return bool(self.signals.pending)
         self.flags.append(self.model.stop_flag.copy())
@@ -468,12 +469,12 @@ class Run:
             self.log(
                 f"dry run: one step of {samples} samples over {len(self.contexts)} device(s) and "
                 f"{self.sync.num_workers} worker(s), loss {totals[1] / samples:.4f}; the test set "
-                "scored "
-                f"{scored['acc']:.4f}; nothing saved"
+                f"scored {scored['acc']:.4f}; nothing saved"
             )
             return
         self.history.append(
-            report.record(self.epoch, totals, meter.total_samples(), scored, seconds)
+            report.record(self.epoch, totals, meter.total_samples(), scored,
+                          (seconds, self.train_seconds))
         )
         if self.rank == 0:
             # The checkpoint first: the metrics file's position at its save tells a resume what to
@@ -483,7 +484,9 @@ class Run:
                 self.metrics.append(self.history[-1])
             self.log(report.epoch_line(self.history[-1]))
         meter.reset()
-        if stops:
+        # One process also stops for a signal that came while it scored or saved; workers only for
+        # the one they agreed on, in the sum, lest one stop without the others.
+        if stops or (self.sync.num_workers == 1 and self.signals.pending):
             raise self._interrupt(self.signals.pending)
 
     def finish(self, scored):
@@ -713,8 +716,6 @@ def _check_collisions(config):
         ]
     if config.model_prefix:
         named += [("--model-prefix's lock", config.model_prefix + ".lock")]
-    if config.export_onnx:
-        named += [("--export-onnx", config.export_onnx)]
     inputs = [os.path.join(config.data_dir, name + ext) for name in FILES for ext in ("", ".gz")] \
         if config.data_dir else []
     for i, (what, path) in enumerate(named):

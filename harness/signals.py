@@ -41,8 +41,8 @@ class _State:
 
 
 def install(program="train_mnist.py"):
-    """Handle the signals from now on in this process (from the main thread only."""
-    # As Python allows).
+    """Handle the signals from now on in this process."""
+    # From the main thread only, as Python allows.
     _State.program = program
     if threading.current_thread() is not threading.main_thread():
         return
@@ -74,8 +74,7 @@ def _watch(read_end):
 
 
 def exit_now(message):
-    """Write program."""
-    # Message on stderr and end the process with EXIT_CODE, once, from any thread.
+    """Print message on stderr and end the process with EXIT_CODE, once, from any thread."""
     if _State.exiting.acquire(blocking=False):
         os.write(2, f"{_State.program}: {message}\n".encode())
         os._exit(EXIT_CODE)

@@ -168,7 +168,7 @@ def test_the_label_is_taken_by_the_name_the_network_expects(synthetic_dir, tmp_p
         for name, it in (("two", two), ("one", one))
     ]
     assert histories[0] == [
-        dict(r, epoch_seconds=a["epoch_seconds"], samples_per_second=a["samples_per_second"])
+        dict(r, **{key: a[key] for key in ("epoch_seconds", "train_seconds", "samples_per_second")})
         for r, a in zip(histories[1], histories[0])
     ]
     assert histories[0][-1]["test_acc"] > 0.9

@@ -135,6 +135,7 @@ def test_training_on_synthetic_data_learns_and_logs(synthetic_dir, tmp_path):
         "test_loss",
         "test_acc",
         "epoch_seconds",
+        "train_seconds",
         "samples_per_second",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
