@@ -50,8 +50,8 @@ def main():
     args = parser.parse_args()
     rows = []
     print(
-        "| MLP hidden | parameters | threads | w -= g | elemwise_add | sgd_update | numpy | w -= "
-        "g / numpy |"
+        "| MLP hidden | parameters | threads | w -= g | elemwise_add | sgd_update | numpy "
+        "| w -= g / numpy |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for hidden, n in PARAMETERS.items():

@@ -7,11 +7,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
-from harness import compat  # noqa: E402
+from harness import compat
 
 compat.install()
 
-import train_mnist  # noqa: E402
+import train_mnist
 
 
 def main():
@@ -25,7 +25,8 @@ def main():
     seconds = {0: [], args.disp_batches: []}
     shown = []
     for _ in range(args.rounds):
-        for disp in seconds:  # interleaved, so drift in the machine's speed hits both alike
+        # interleaved, so drift in the machine's speed hits both alike
+        for disp in seconds:
             config = train_mnist.Config(
                 data_dir=args.data_dir, num_epochs=args.epochs, disp_batches=disp
             )

@@ -69,8 +69,7 @@ def main():
     }
     print(
         f"{args.epochs} epochs, batch 100, SGD lr 0.1, seed {args.seed}, {os.cpu_count()} CPUs, "
-        "median of "
-        f"{args.rounds} rounds"
+        f"median of {args.rounds} rounds"
     )
     print(
         "| peer | s/epoch | vs ours | test acc | peak RSS MB | s/epoch by round "

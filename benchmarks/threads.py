@@ -15,8 +15,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-import network  # noqa: E402 (light: no MXNet)
-from harness import compat  # noqa: E402
+# Light: network.py builds symbols and imports no MXNet at the top.
+import network
+from harness import compat
 
 compat.install()
 

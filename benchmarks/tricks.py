@@ -33,9 +33,9 @@ import train_mnist
 every = fast.tricks
 def variant_tricks(config, opt):
     fold = every(config, opt).fold
-    return {"bytes": fast.Tricks(flat=False, fold=None, pixel_bytes=True),
-            "flat": fast.Tricks(flat=True, fold=None, pixel_bytes=False),
-            "flat+fold": fast.Tricks(flat=True, fold=fold, pixel_bytes=False),
+    return {"bytes": fast.Tricks(flat=False, fold=None, pixel_bytes=True, pool_first=False),
+            "flat": fast.Tricks(flat=True, fold=None, pixel_bytes=False, pool_first=False),
+            "flat+fold": fast.Tricks(flat=True, fold=fold, pixel_bytes=False, pool_first=False),
             "all": every(config, opt)}[variant]
 # The one seam the variants need: binding calls it once.
 fast.tricks = variant_tricks

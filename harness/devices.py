@@ -298,8 +298,9 @@ class Model:
             self.layout.join({name: arrays[i] for name, arrays in by_name.items()}, ctx)
             for i in range(count)
         ]
-        return {group: [array[begin:end] for array in flat]
-                for group, (begin, end) in self.speed.spans(self.layout).items()}
+        views = [self.speed.group(self.layout, array) for array in flat]
+        return {group: [by_group[group] for by_group in views]
+                for group in self.speed.spans(self.layout)}
 
 
 def _reading(iterator, which):

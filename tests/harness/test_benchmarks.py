@@ -230,3 +230,49 @@ def test_the_elementwise_benchmark_times_each_kernel(tmp_path):
         and min(row["ms"].values()) > 0
         for row in rows
     )
+
+
+def test_the_step_profile_names_the_operators_of_ours_and_of_the_floor(synthetic_dir):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "step_profile.py"), "--data-dir",
+         synthetic_dir, "--hidden", "32,16", "--top", "4"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "**ours** (1 thread(s), 11 steps)" in text
+    assert "**floor** (1 thread(s), 600 steps)" in text
+    # Ours runs the update and the gather that the floor does not.
+    ours, floor = text.split("**floor**")
+    assert "FullyConnected" in floor and "take" not in floor
+    assert "engine idle" in ours and "5 other operators" not in floor
+
+
+def test_the_lenet_variants_benchmark_compares_each_with_the_reference(synthetic_dir):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lenet_variants.py"), "--data-dir",
+         synthetic_dir, "--rounds", "1", "--steps", "2"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")}
+    assert set(rows) == {"reference", "no-onednn", "tanh-op", "pool-first", "pool-first+tanh-op",
+                         "1-thread"}
+    # Pooling first gives the reference's outputs bit for bit; every variant was timed.
+    assert rows["reference"][4] == "yes" and rows["pool-first"][4] == "yes"
+    assert all(float(row[2]) > 0 for row in rows.values())
+
+
+def test_the_decomposition_above_the_floor_times_each_part_in_order():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "above_floor.py"), "--hidden", "32,16",
+         "--rounds", "2", "--chunk", "3"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| step")]
+    assert [row[0][2:].lstrip("+ ") for row in rows] == [
+        "floor", "metrics", "folded", "bytes", "gather", "update", "meter"]
+    # Every part was timed, and each row's ratio is its time over the floor's.
+    times = [float(row[1]) for row in rows]
+    assert all(t > 0 for t in times)
+    assert all(abs(float(row[3].rstrip(" |")) - t / times[0]) < 0.01 for row, t in zip(rows, times))

@@ -5,6 +5,8 @@
 #   the synthetic set;
 # - on real MNIST, where a ReLU at a tie flips under one rounding and momentum carries the
 #   difference, the test accuracies agree within the bound stated below.
+import json
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -169,3 +171,76 @@ def test_the_flat_update_keeps_its_state_by_parameter_name(wd):
         np.testing.assert_allclose(velocity.asnumpy(), expected, rtol=1e-4, atol=1e-9)
     again = model.state_from_names(by_name)
     assert all(np.array_equal(again[k][0].asnumpy(), opt.state[k][0].asnumpy()) for k in opt.state)
+    # What a resume restores steps with the element-wise kernels too, as the state it replaces.
+    kinds = {type(array) for arrays in (*again.values(), *opt.state.values()) for array in arrays}
+    assert kinds == {type(model.params["flat_weight"])} != {mx.nd.NDArray}
+
+
+@pytest.mark.parametrize("operation", ["__iadd__", "__isub__", "__imul__"])
+def test_the_flat_arrays_element_wise_arithmetic_gives_the_broadcasting_kernels_bytes(operation):
+    rng = np.random.RandomState(0)
+    # Subnormals, zeros, infinities and NaN among ordinary floats, both signs.
+    special = np.array([1e-40, -1e-42, 0.0, -0.0, np.inf, -np.inf, np.nan, 3e38], np.float32)
+    left, right = (np.concatenate([rng.standard_normal(100_003).astype(np.float32), special])
+                   for _ in range(2))
+    plain, ours = mx.nd.array(left), fast._elementwise(mx.nd.array(left))
+    for array in (plain, ours):
+        result = getattr(array, operation)(mx.nd.array(right))
+        assert result is array
+    assert type(ours) is not mx.nd.NDArray and type(plain) is mx.nd.NDArray
+    assert ours.asnumpy().tobytes() == plain.asnumpy().tobytes()
+    # By a number, or by an array of another shape, it broadcasts as any NDArray does.
+    getattr(ours, operation)(2.0)
+    getattr(plain, operation)(2.0)
+    assert ours.asnumpy().tobytes() == plain.asnumpy().tobytes()
+
+
+def _outputs_and_gradients(graph, images, labels):
+    """LeNet's outputs and gradients for one batch, from the trainer's initial weights, seed 7."""
+    exe = graph.simple_bind(mx.cpu(), data=images.shape, grad_req={
+        name: "null" if name in ("data", "softmax_label") else "write"
+        for name in graph.list_arguments()})
+    params = {name: exe.arg_dict[name] for name in graph.list_arguments()
+              if name not in ("data", "softmax_label")}
+    train_mnist.initialize(params, np.random.RandomState(7))
+    exe.arg_dict["data"][:], exe.arg_dict["softmax_label"][:] = images, labels
+    exe.forward(is_train=True)
+    exe.backward()
+    return ([out.asnumpy() for out in exe.outputs],
+            {name: exe.grad_dict[name].asnumpy() for name in params})
+
+
+def test_pooling_before_lenets_tanh_gives_its_very_outputs_and_its_gradients():
+    train_x, train_y = synthetic_arrays(num_train=200)[:2]
+    images = train_x[:100].reshape(-1, 1, 28, 28).astype(np.float32) / 255
+    labels = train_y[:100].astype(np.float32)
+    graph = network.training_graph(network.get_symbol("lenet"), "builtin")
+    swapped = fast._rewritten(graph, None, pool_first=True)
+    order = [node["op"] for node in json.loads(swapped.tojson())["nodes"]]
+    assert order.count("Pooling") == 2 and [
+        order[i + 1] for i, op in enumerate(order) if op == "Pooling"] == ["Activation"] * 2
+    assert swapped.list_arguments() == graph.list_arguments()
+    (plain_out, plain_grads), (ours_out, ours_grads) = (
+        _outputs_and_gradients(g, images, labels) for g in (graph, swapped))
+    # The probabilities and the metrics: the very same floats.
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(plain_out, ours_out))
+    for name, grad in plain_grads.items():
+        np.testing.assert_allclose(ours_grads[name], grad, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["padded", "read twice", "average", "falls"])
+def test_pooling_stays_after_an_activation_where_the_swap_would_change_the_function(case):
+    x = mx.sym.var("data")
+    act = mx.sym.Activation(x, act_type="tanh", name="act")
+    if case == "padded":
+        net = mx.sym.Pooling(act, pool_type="max", kernel=(2, 2), pad=(1, 1), name="pool")
+    elif case == "read twice":
+        net = mx.sym.Pooling(act, pool_type="max", kernel=(2, 2), name="pool") + act.sum()
+    elif case == "average":
+        net = mx.sym.Pooling(act, pool_type="avg", kernel=(2, 2), name="pool")
+    elif case == "falls":
+        net = mx.sym.Pooling(-act, pool_type="max", kernel=(2, 2), name="pool")
+    else:
+        raise ValueError(case)
+    before = json.loads(net.tojson())["nodes"]
+    assert json.loads(fast._rewritten(net, None, pool_first=True).tojson())["nodes"] == before
