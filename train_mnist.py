@@ -228,8 +228,9 @@ def main(argv=None):
         if config.evaluate:
             score(config, console.line)
         elif config.export_onnx or config.predict:
+            import data
             from harness import export
-            export.run(config, console.line)
+            export.run(config, console.line, data, network)
         else:
             train(config, log=console.line, progress=console.progress)
     return outcome.code

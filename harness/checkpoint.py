@@ -213,8 +213,8 @@ def verify(prefix, tag):
 
 
 def load(prefix, tag, params, symbol):
-    """Verify tag, copy its weights into params and return its state's JSON values (load_arrays."""
-    # Its arrays).
+    """Verify tag, copy its weights into params, and return its state's JSON values."""
+    # load_arrays() reads its arrays.
     # symbol: the network this run trains, which the checkpoint's symbol file must hold.
     verify(prefix, tag)
     where = paths(prefix, tag)
@@ -233,8 +233,7 @@ def load_arrays(prefix, tag, limit):
 
 
 def load_weights(path, params):
-    """Copy the weights of a params file (arg:NAME."""
-    # As MXNet saves them) into params (name -> NDArray).
+    """Copy the weights of a params file (arg:NAME, as MXNet saves them) into params."""
     # The file must hold exactly these names and shapes, all finite; it is read only if it is no
     # larger than they need.
     expected = {f"arg:{name}": array.shape for name, array in params.items()}

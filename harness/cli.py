@@ -49,13 +49,13 @@ def parse(config_class, argv=None, prog=None, description=None, notes=None):
 def command_line(config, script, launcher=()):
     """The shell command that recreates config."""
     # Launcher's words, the interpreter, script, non-defaults.
-    words = [*launcher, sys.executable, script, *_changed(config)]
-    return " ".join(shlex.quote(word) for word in words)
+    words = [shlex.quote(word) for word in (*launcher, sys.executable, script)]
+    return " ".join(words + _changed(config))
 
 
 def summary(config, width=80):
     """config as the flags that differ from the defaults, in lines of at most width columns."""
-    words = [shlex.quote(word) for word in _changed(config)] or ["(the defaults)"]
+    words = _changed(config, most=3) or ["(the defaults)"]
     return textwrap.wrap(
         " ".join(words),
         width,
@@ -92,7 +92,8 @@ def _suggestion(word, options):
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _changed(config):
+def _changed(config, most=None):
+    """The flags and values that differ from config's defaults; file lists cut at most files."""
     words = []
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -101,9 +102,12 @@ def _changed(config):
         if isinstance(value, bool):
             words.append(flag(field.name) if value else "--no-" + flag(field.name)[2:])
         elif isinstance(value, tuple) and value and isinstance(value[0], str):
-            words += [flag(field.name), *value]
+            shown = value if most is None else value[:most]
+            words += [flag(field.name), *map(shlex.quote, shown)]
+            if len(shown) < len(value):
+                words.append(f"and {len(value) - len(shown)} more")
         else:
-            words += [flag(field.name), _typed(value)]
+            words += [flag(field.name), shlex.quote(_typed(value))]
     return words
 
 

@@ -10,13 +10,13 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
-from harness import compat  # noqa: E402
+from harness import compat
 
 # numpy, when it loads, gets the alias mxnet 1.9.1 needs on numpy 1.24 to 1.26, as in every entry
 # point.
 compat.install()
 
-from helpers import REAL_MNIST, ROOT, write_mnist  # noqa: E402
+from helpers import REAL_MNIST, ROOT, write_mnist
 
 
 @pytest.fixture

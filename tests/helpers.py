@@ -158,7 +158,8 @@ def run_cli(capsys, *argv):
     """Run train_mnist.main() in-process; return its exit code, stdout and stderr."""
     try:
         code = train_mnist.main(list(argv))
-    except SystemExit as exit_:  # argparse's way out
+    except SystemExit as exit_:
+        # argparse's way out
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err

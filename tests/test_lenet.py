@@ -41,7 +41,8 @@ def test_lenet_resumes_bit_for_bit(synthetic_dir, tmp_path):
         _config(synthetic_dir, num_epochs=3, mom=0.9, model_prefix=split, load_epoch=1)
     )
     assert open(straight + "-0003.params", "rb").read() == open(split + "-0003.params", "rb").read()
-    symbol, arg_params, _ = mx.model.load_checkpoint(split, 3)  # MXNet's own loader reads it
+    # MXNet's own loader reads it
+    symbol, arg_params, _ = mx.model.load_checkpoint(split, 3)
     assert arg_params["conv1_weight"].shape == (20, 1, 5, 5)
 
 
@@ -79,9 +80,10 @@ def test_lenet_over_dist_sync_trains_like_one_process(synthetic_dir, tmp_path):
         "0",
         "--plot-dir",
         "none",
+        # One thread each: the same sums.
         "--threads",
         "1",
-    ]  # one thread each: the same sums
+    ]
     train = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
     single = subprocess.run(
         train + flags + ["--model-prefix", str(tmp_path / "one")],

@@ -51,7 +51,8 @@ def test_every_command_names_only_flags_and_files_that_exist():
     assert any(words[:2] == ["python", "train_mnist.py"] for words in commands)
     for words in commands:
         if words[:2] == ["python", "train_mnist.py"]:
-            cli.parse(train_mnist.Config, words[2:])  # exits 2 on an unknown flag or a bad value
+            # exits 2 on an unknown flag or a bad value
+            cli.parse(train_mnist.Config, words[2:])
         elif words[0] == "python" and words[1].endswith(".py"):
             assert os.path.exists(os.path.join(ROOT, words[1])), words
         elif words[:2] == ["pip", "install"] and words[2] == "-r":

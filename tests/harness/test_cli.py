@@ -305,3 +305,13 @@ def test_script_errors_carry_no_traceback(tmp_path):
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.startswith("train_mnist.py: error: 4 of the 4 data files missing from")
+
+
+def test_the_config_line_names_three_files_of_a_long_list_and_the_resume_command_all():
+    files = tuple(f"digit {i}.png" for i in range(10))
+    config = train_mnist.Config(model_prefix="runs/mlp", load_epoch=15, predict=files)
+    summary = " ".join(" ".join(cli.summary(config)).split())
+    assert summary == ("config: --model-prefix runs/mlp --load-epoch 15 --predict 'digit 0.png' "
+                       "'digit 1.png' 'digit 2.png' and 7 more")
+    words = shlex.split(cli.command_line(config, "train_mnist.py"))
+    assert words[2:] == ["--model-prefix", "runs/mlp", "--load-epoch", "15", "--predict", *files]

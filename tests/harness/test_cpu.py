@@ -76,14 +76,22 @@ def test_main_sets_the_flags_before_mxnet_loads():
 @pytest.mark.parametrize(
     "hidden, batch, contexts, cores, expected",
     [
-        ((128, 64), 100, 1, 2, 1),  # the default: 66 MFLOP a step, a second thread only slows it
-        ((256, 256), 100, 1, 2, 1),  # 161 MFLOP: at the crossover measured here
-        ((512, 512), 100, 1, 2, 2),  # 401 MFLOP: two threads pay
-        ((4096, 4096), 256, 1, 2, 2),  # as many as the cores
-        ((4096, 4096), 256, 1, 64, 64),  # on a 64-core machine too
-        ((1024, 1024), 100, 1, 64, 5),  # 1.1 GFLOP: a thread per 200 MFLOP, not all 64
-        ((4096, 4096), 256, 4, 64, 16),  # four contexts share the cores
-        ((4096, 4096), 256, 4, 2, 1),  # more contexts than cores: one each
+        # the default: 66 MFLOP a step, a second thread only slows it
+        ((128, 64), 100, 1, 2, 1),
+        # 161 MFLOP: at the crossover measured here
+        ((256, 256), 100, 1, 2, 1),
+        # 401 MFLOP: two threads pay
+        ((512, 512), 100, 1, 2, 2),
+        # as many as the cores
+        ((4096, 4096), 256, 1, 2, 2),
+        # on a 64-core machine too
+        ((4096, 4096), 256, 1, 64, 64),
+        # 1.1 GFLOP: a thread per 200 MFLOP, not all 64
+        ((1024, 1024), 100, 1, 64, 5),
+        # four contexts share the cores
+        ((4096, 4096), 256, 4, 64, 16),
+        # more contexts than cores: one each
+        ((4096, 4096), 256, 4, 2, 1),
     ],
 )
 def test_the_thread_rule_weighs_the_work_and_the_cores(

@@ -777,9 +777,8 @@ def test_a_run_that_cannot_fit_is_refused_with_its_estimate_before_allocating(
         limit,
     )
     assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err
-    assert (
-        peak_mb < 700
-    )  # refused from the estimate: nothing of the multi-GB configuration was allocated
+    # refused from the estimate: nothing of the multi-GB configuration was allocated
+    assert peak_mb < 700
     # The same limit lets a configuration that fits train: the estimate does not refuse by mistake.
     code, err, _ = _child(
         ["--data-dir", str(saved / "mnist"), "--plot-dir", "none", "--num-epochs", "1"], limit
@@ -793,7 +792,8 @@ def test_a_gzip_bomb_is_refused_within_bounded_memory(saved, tmp_path):
     _data("bomb")(tmp_path)
     code, err, peak_mb = _child(["--data-dir", str(folder)], 2 << 30)
     assert code == 2 and "is longer than its header says" in err and err.count("\n") == 1
-    assert peak_mb < 500  # 400 MB of zeros behind a 1050-image header were never read
+    # 400 MB of zeros behind a 1050-image header were never read
+    assert peak_mb < 500
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -853,7 +853,8 @@ def test_a_second_signal_exits_at_once_with_one_more_line(saved, tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err
     assert 1 <= err.count("\n") <= 2 and "stopped by" in err
-    checkpoint.verify(prefix, checkpoint.Tag(1))  # the finished epoch stays intact
+    # the finished epoch stays intact
+    checkpoint.verify(prefix, checkpoint.Tag(1))
 
 
 def _small_filesystem(path, size):
@@ -897,7 +898,8 @@ def test_a_full_disk_while_saving_is_one_line_and_earlier_checkpoints_stay_intac
         and "cannot write" in err
     )
     tags = checkpoint.listing(prefix)
-    assert tags  # some epochs fitted before the disk filled
+    # some epochs fitted before the disk filled
+    assert tags
     for tag in tags:
         checkpoint.verify(prefix, tag)
     assert not [name for name in os.listdir(full_disk) if name.endswith(".tmp")]
@@ -905,11 +907,11 @@ def test_a_full_disk_while_saving_is_one_line_and_earlier_checkpoints_stay_intac
 
 def test_a_full_disk_under_the_metrics_file_leaves_it_as_it_was(capsys, saved, full_disk):
     metrics = full_disk / "m.jsonl"
-    earlier = (
-        b'{"earlier": "' + b"x" * 4077 + b'"}\n'
-    )  # a page of tmpfs exactly: the next line needs another
+    # a page of tmpfs exactly: the next line needs another
+    earlier = b'{"earlier": "' + b"x" * 4077 + b'"}\n'
     metrics.write_bytes(earlier)
-    (full_disk / "filler").write_bytes(bytes(1200 * 1024 - 4096))  # and every other page is taken
+    # and every other page is taken
+    (full_disk / "filler").write_bytes(bytes(1200 * 1024 - 4096))
     code, _, err = run_cli(
         capsys, "--data-dir", str(saved / "mnist"), *FLAGS, "--metrics-file", str(metrics)
     )
