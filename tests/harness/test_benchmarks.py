@@ -233,12 +233,8 @@ def test_the_elementwise_benchmark_times_each_kernel(tmp_path):
 
 
 def test_the_step_profile_names_the_operators_of_ours_and_of_the_floor(synthetic_dir):
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "step_profile.py"), "--data-dir",
-         synthetic_dir, "--hidden", "32,16", "--top", "4"],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    text = done.stdout
+    text = _benchmark("step_profile.py", "--data-dir", synthetic_dir, "--hidden", "32,16",
+                      "--top", "4")
     assert "**ours** (1 thread(s), 11 steps)" in text
     assert "**floor** (1 thread(s), 600 steps)" in text
     # Ours runs the update and the gather that the floor does not.
@@ -248,12 +244,9 @@ def test_the_step_profile_names_the_operators_of_ours_and_of_the_floor(synthetic
 
 
 def test_the_lenet_variants_benchmark_compares_each_with_the_reference(synthetic_dir):
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lenet_variants.py"), "--data-dir",
-         synthetic_dir, "--rounds", "1", "--steps", "2"],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in done.stdout.splitlines()
+    out = _benchmark("lenet_variants.py", "--data-dir", synthetic_dir, "--rounds", "1",
+                     "--steps", "2")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| variant")}
     assert set(rows) == {"reference", "no-onednn", "tanh-op", "pool-first", "pool-first+tanh-op",
                          "1-thread"}
@@ -263,12 +256,8 @@ def test_the_lenet_variants_benchmark_compares_each_with_the_reference(synthetic
 
 
 def test_the_decomposition_above_the_floor_times_each_part_in_order():
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "above_floor.py"), "--hidden", "32,16",
-         "--rounds", "2", "--chunk", "3"],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    rows = [line.split(" | ") for line in done.stdout.splitlines()
+    out = _benchmark("above_floor.py", "--hidden", "32,16", "--rounds", "2", "--chunk", "3")
+    rows = [line.split(" | ") for line in out.splitlines()
             if line.startswith("| ") and not line.startswith("| step")]
     assert [row[0][2:].lstrip("+ ") for row in rows] == [
         "floor", "metrics", "folded", "bytes", "gather", "update", "meter"]
@@ -276,3 +265,11 @@ def test_the_decomposition_above_the_floor_times_each_part_in_order():
     times = [float(row[1]) for row in rows]
     assert all(t > 0 for t in times)
     assert all(abs(float(row[3].rstrip(" |")) - t / times[0]) < 0.01 for row, t in zip(rows, times))
+
+
+def _benchmark(script, *args):
+    """Run benchmarks/script with args; return its stdout, once it has exited 0."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
