@@ -105,6 +105,10 @@ class reported:
             line = f"{self.program}: error: {type(error).__name__}: {error}".splitlines()[0][:300]
         elif type(error).__name__ == "MXNetError":
             self.code, line = 1, f"{self.program}: error: MXNet: {mxnet_reason(error)}"
+        elif signals.received() is not None:
+            # A signal's Stop raised inside an import can come out as another exception (numpy's
+            # turns it into an ImportError): the run still ended on that signal.
+            return self.__exit__(signals.Stop, signals.Stop(signals.received()), None)
         else:
             return False
         if line:

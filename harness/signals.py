@@ -145,14 +145,18 @@ def stop_for(signum):
         raise Stop(signum)
 
 
+def received():
+    """The first signal's number since the process started, or None."""
+    return _State.received
+
+
 def stage():
     """What a signal outside the loop now stops."""
     return _State.stage
 
 
 def set_stage(text):
-    """Say what a signal outside the loop now stops, for its message: 'after the last epoch."""
-    # ...'.
+    """Say what a signal outside the loop now stops, for its message: 'after the last epoch...'."""
     _State.stage = text
 
 

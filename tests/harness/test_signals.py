@@ -144,3 +144,26 @@ def test_a_second_signal_ends_the_process_at_once_even_inside_mxnet(big_mnist, t
     assert process.returncode == 130 and time.monotonic() - signalled < 1.0
     assert err.splitlines()[-1] == "train_mnist.py: stopped by a second SIGTERM; exiting now"
     assert 1 <= err.count("\n") <= 2 and "Traceback" not in err
+
+
+_CONVERTED = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from harness import errors, signals
+signals.install("prog")
+with signals.guard(), errors.reported("prog") as outcome:
+    # As numpy's import does with any error inside it: the signal's Stop becomes an ImportError.
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    except BaseException:
+        raise ImportError("PyCapsule_Import could not import module") from None
+sys.exit(outcome.code)
+"""
+
+
+def test_a_signal_whose_stop_an_import_turns_into_another_error_is_still_the_stop():
+    done = subprocess.run([sys.executable, "-c", _CONVERTED, ROOT], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "prog: stopped by SIGINT before training began; nothing saved\n"
