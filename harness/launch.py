@@ -194,6 +194,9 @@ def _tracker(host_ip, port, argv):
 def _report_launch_failure(hook):
     """A failed launch command of the tracker's: a line for the watchdog, not a traceback."""
     error = hook.exc_value
+    # The local launcher's way of saying a process exited non-zero, which its guard has reported.
+    if isinstance(error, RuntimeError) and str(error).startswith("Get nonzero return code="):
+        return None
     if not isinstance(error, subprocess.CalledProcessError):
         return threading.__excepthook__(hook)
     command = str(error.cmd)

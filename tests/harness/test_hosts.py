@@ -48,6 +48,8 @@ class Job:
                                         env=dict(os.environ, **{_MINE: self.mark}, **(env or {})))
         # pid -> (its DMLC_ROLE, its HOROVOD_RANK, a trainer under a guard, its host (-1: here)).
         self.seen, self.peers, self.lines = {}, set(), {"out": [], "err": []}
+        # pid -> its parent's, as first seen: a shell that forks the trainer is one process of it.
+        self.parents = {}
         self._readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)
                          for name, stream in (("out", self.process.stdout),
                                               ("err", self.process.stderr))]
@@ -72,6 +74,7 @@ class Job:
                 if self.seen.get(pid, (None,) * 3)[:3] != what:
                     where = self.hosts.where(pid) if self.hosts else -1
                     self.seen[pid] = (*what, where)
+                    self.parents.setdefault(pid, _parent(pid))
             if time.monotonic() - looked > 0.25:
                 self.peers |= remote_addresses(found)
                 looked = time.monotonic()
@@ -116,8 +119,14 @@ class Job:
 
     def placed(self, role=None, rank=None):
         """The hosts of the job's trainers of role (dist_sync) or of rank (Horovod)."""
-        return [where for pid, (role_, rank_, child, where) in self.seen.items()
+        return [where for pid, (role_, rank_, child, where) in self.trainers().items()
                 if (role and role_ == role and child) or (rank is not None and rank_ == str(rank))]
+
+    def trainers(self):
+        """seen, less the processes that another of the guards' children started."""
+        children = {pid for pid, (_, _, child, _) in self.seen.items() if child}
+        return {pid: what for pid, what in self.seen.items()
+                if not (what[2] and self.parents.get(pid) in children)}
 
     def gone(self, timeout):
         """Whether every process of the job has ended within timeout seconds."""
@@ -300,7 +309,16 @@ def test_the_mpi_launcher_with_two_workers_and_a_server_trains_like_one_process(
         assert sorted(job.placed("worker")) == [0, 1]
         assert not net.strangers(job.peers) and job.peers
     else:
-        roles = [role for role, _, child, _ in job.seen.values() if child]
+        roles = [role for role, _, child, _ in job.trainers().values() if child]
         assert sorted(roles) == ["scheduler", "server", "worker", "worker"]
         assert all(address.is_loopback for address in job.peers) and job.peers, job.peers
     assert job.gone(30)
+
+
+def _parent(pid):
+    """pid's parent's pid, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
