@@ -816,12 +816,26 @@ def test_a_signal_during_startup_is_one_line_and_exit_130(saved, signum):
             stderr=subprocess.PIPE,
             text=True,
         )
+        _wait_for_handlers(process)
         time.sleep(delay)
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
         assert process.returncode == 130, (delay, err)
         assert err.count("\n") == 1 and "Traceback" not in err, (delay, err)
         assert f"stopped by {signal.Signals(signum).name}" in err
+
+
+def _wait_for_handlers(process):
+    """Wait until process handles SIGHUP, the last signal that train_mnist.py's first line takes."""
+    # Before that the interpreter is still starting: no Python code can see a signal yet.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{process.pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) >> (signal.SIGHUP - 1) & 1:
+            return
+        time.sleep(0.002)
+    raise AssertionError("the trainer never installed its signal handlers")
 
 
 def test_a_second_signal_exits_at_once_with_one_more_line(saved, tmp_path):
