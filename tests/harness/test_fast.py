@@ -138,8 +138,8 @@ def test_pixel_bytes_on_the_device_give_the_very_floats_of_data_py(synthetic_dir
         model = bound_model(hidden=(32, 16), fast=speed, iterators=iterators,
                             opt=optimizer.create(run_config, {1: 11}))
         assert iterators[0].provide_data[0].dtype == (np.uint8 if speed else np.float32)
-        model.replicas[0].params.flat[:] = mx.nd.array(np.random.RandomState(1).uniform(-0.1, 0.1,
-                                                                                       model.layout.size))
+        start = np.random.RandomState(1).uniform(-0.1, 0.1, model.layout.size)
+        model.replicas[0].params.flat[:] = mx.nd.array(start)
         iterators[0].reset()
         (exe,), _ = model.load(next(iterators[0]))
         exe.forward(is_train=True)
