@@ -11,7 +11,7 @@ import numpy as np
 import network
 from harness import checks, datasets, devices, idx_files, memory, report
 
-# A pixel's float is its byte times this: one rounding, as dequantize computes it on a device.
+# A pixel's float is its byte times this: one rounding.
 PIXEL_SCALE = np.float32(1) / np.float32(255)
 # Large enough that the test set is scored in one pass; larger sets are scored in chunks of this.
 EVAL_CHUNK = 10_000
@@ -41,15 +41,8 @@ def iterators(config, contexts, rng, shard=(0, 1), log=None):
     return train, test
 
 
-def load_mnist(data_dir=None, dataset="mnist"):
-    """(train_images, train_labels, test_images, test_labels): (N, 784) float32 in [0, 1], int32."""
-    paths = idx_files.find(datasets.DATASETS[dataset], data_dir)
-    train_x, train_y, test_x, test_y, _ = idx_files.read(paths)
-    return to_floats(train_x), train_y, to_floats(test_x), test_y
-
-
 def to_floats(images):
-    """uint8 pixel bytes -> float32 in [0, 1]: each byte times PIXEL_SCALE, as dequantize does."""
+    """uint8 pixel bytes -> float32 in [0, 1]: each byte times PIXEL_SCALE."""
     return images.astype(np.float32) * PIXEL_SCALE
 
 
@@ -119,15 +112,15 @@ def _raw_copies(paths):
 
 
 class MNISTIter(mx.io.DataIter):
-    """A DataIter over arrays held on every device, whose batches gather their rows there."""
-    # images are (N, *sample_shape), as the network's data input takes a sample: uint8 bytes, made
-    # floats (times PIXEL_SCALE) on upload unless the bound graph takes the bytes
-    # (keep_pixel_bytes), or floats. Each epoch (reset) draws a new order from rng; without rng,
-    # the order is the arrays' own. With several workers, shard = (index, count) splits each global
-    # batch of batch_size between them, and this iterator yields worker index's share. The last
-    # batch is padded by wrapping around, as NDArrayIter pads it.
+    """A DataIter over arrays held on every device, whose batches gather their rows there.
 
-    pixel_scale = PIXEL_SCALE
+    images are (N, *sample_shape), as the network's data input takes a sample: uint8 bytes, made
+    floats (times PIXEL_SCALE) on upload, or floats. Each epoch (reset) draws a new order from
+    rng; without rng, the order is the arrays' own. With several workers, shard = (index, count)
+    splits each global batch of batch_size between them, and this iterator yields worker index's
+    share. Read as a plain DataIter, the last batch is padded by wrapping around, as NDArrayIter
+    pads it.
+    """
 
     def __init__(self, images, labels, batch_size, contexts=None, rng=None, shard=(0, 1)):
         (begin, end), = devices.shares(batch_size, shard[0], shard[1], 1)
@@ -135,36 +128,27 @@ class MNISTIter(mx.io.DataIter):
         self.contexts = contexts or [mx.cpu()]
         self.rng, self.global_batch, self.shard = rng, batch_size, shard
         self.num_samples, self.host = len(images), (images, labels)
-        self.pixel_bytes, self.digests = False, None
+        self.digests = None
+        self.provide_data = [mx.io.DataDesc(datasets.DATA, (self.batch_size, *images.shape[1:]),
+                                            np.float32)]
         self.provide_label = [mx.io.DataDesc(datasets.LABEL, (self.batch_size,), np.float32)]
         self.images = self.labels = self.orders = None
         self.cursor = 0
 
     @property
-    def provide_data(self):
-        shape = (self.batch_size, *self.host[0].shape[1:])
-        dtype = np.uint8 if self.pixel_bytes else np.float32
-        return [mx.io.DataDesc(datasets.DATA, shape, dtype)]
-
-    def keep_pixel_bytes(self):
-        """Hold uint8 bytes on the devices, a quarter of the floats, for the graph to dequantize."""
-        self.pixel_bytes = self.host[0].dtype == np.uint8 and self.images is None
-
-    @property
     def device_bytes(self):
-        """What the data takes on each device."""
+        """What the data takes on each device: its floats, labels and order."""
         images, labels = self.host
-        pixel = 1 if self.pixel_bytes else 4
-        return images.size * pixel + 4 * len(labels) + 4 * self.num_samples
+        return 4 * (images.size + len(labels) + self.num_samples)
 
     def reset(self):
         if self.images is None:
             # The whole set lives on each device, so each batch is a device-side gather, not a host
             # copy. Uploaded at the first epoch, not before: a run that cannot fit is refused first.
             images, labels = self.host
-            if images.dtype == np.uint8 and not self.pixel_bytes:
+            if images.dtype == np.uint8:
                 images = to_floats(images)
-            self.images = [mx.nd.array(images, ctx, images.dtype) for ctx in self.contexts]
+            self.images = [mx.nd.array(images, ctx, np.float32) for ctx in self.contexts]
             self.labels = [mx.nd.array(labels, ctx) for ctx in self.contexts]
         count = self.num_samples
         order = self.rng.permutation(count) if self.rng is not None else np.arange(count)

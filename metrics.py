@@ -1,40 +1,29 @@
-"""Hand-written accuracy and cross-entropy, and their running sums over an epoch on the devices."""
+"""Hand-written accuracy and cross-entropy, and their running sums over an epoch."""
 import mxnet as mx
 import numpy as np
 
 # The same epsilon as mx.metric.CrossEntropy, so that the two agree on confident mistakes.
-_EPS = 1e-12
-
-
-def batch_metrics(F, probs, labels):
-    """[number correct, summed cross-entropy] of (N, C) probabilities; F is mx.nd or mx.sym."""
-    # labels: N class indices of any numeric dtype, in any shape that holds N, such as (N,), (N, 1)
-    # or (1, N), as mx.metric flattens them; a symbol's are taken as bound, (N,) float32.
-    if F is mx.nd:
-        labels = _label_vector(probs, labels)
-    num_correct = F.sum(F.argmax(probs, axis=1) == labels)
-    loss_sum = -F.sum(F.log(F.pick(probs, labels, axis=1) + _EPS))
-    # Sums, not means, so batches of any size accumulate exactly; divide by the sample count once.
-    return F.concat(num_correct, loss_sum, dim=0)
+EPS = 1e-12
 
 
 def accuracy(probs, labels):
-    """The fraction of rows of probs (N, C) whose largest entry is the label's, as mx.metric's."""
-    probs, labels = (array if isinstance(array, mx.nd.NDArray) else
-                     mx.nd.array(array, dtype=np.asarray(array).dtype) for array in (probs, labels))
-    return float(batch_metrics(mx.nd, probs, labels)[0].asscalar()) / probs.shape[0]
+    """How many rows of probs (samples, classes) have their largest entry at the row's label."""
+    return (probs.argmax(axis=1) == labels).sum()
 
 
-def _label_vector(probs, labels):
-    """labels as an (N,) float32 NDArray, from N class indices of any shape and numeric dtype."""
-    shape, n = labels.shape, probs.shape[0]
-    if labels.size != n:
-        raise ValueError(f"labels must hold {n} class indices for {n} predictions, "
-                         f"got shape {shape}")
-    if not np.issubdtype(np.dtype(labels.dtype), np.number):
-        raise ValueError(f"labels must be numbers, got dtype {np.dtype(labels.dtype)}")
-    labels = labels.reshape((n,))
-    return labels if labels.dtype == np.float32 else labels.astype(np.float32)
+def cross_entropy(probs, labels):
+    """The sum, over the rows of probs, of -log(the probability the row gives its label)."""
+    return -(probs.pick(labels, axis=1) + EPS).log().sum()
+
+
+def batch_metrics(probs, labels):
+    """[number correct, summed cross-entropy] of a batch, as symbols: the graph's second output.
+
+    probs and labels are symbols (or NDArrays): (N, classes) probabilities and N class indices.
+    Sums, not means, so that batches of any size add up exactly; an epoch divides by its samples
+    once. Computed inside the bound graph, they cost no dispatch of their own per batch.
+    """
+    return mx.sym.concat(accuracy(probs, labels), cross_entropy(probs, labels), dim=0)
 
 
 class Meter:

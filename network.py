@@ -83,7 +83,7 @@ def training_graph(network, gradient):
         label, probs = mx.sym.var(LABEL), mx.sym.softmax(head, axis=1)
     else:
         raise ValueError(f"unknown gradient {gradient!r}: use one of {', '.join(GRADIENTS)}")
-    return mx.sym.Group([head, mx.sym.BlockGrad(metrics.batch_metrics(mx.sym, probs, label))])
+    return mx.sym.Group([head, mx.sym.BlockGrad(metrics.batch_metrics(probs, label))])
 
 
 def inference_graph(network):

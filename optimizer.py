@@ -1,6 +1,8 @@
 """Hand-written optimizers for any network, each the update rule of its mx.optimizer namesake."""
-# They use NDArray methods only, so this module imports no MXNet of its own. Adding an optimizer is
-# one subclass of Optimizer here: it registers itself under its `name` for --optimizer.
+# A step is in-place arithmetic on a parameter's arrays: +=, -=, *=, clip and sqrt. The arrays are
+# MXNet NDArrays, or on a CPU numpy views of the very same memory (harness/fast.py): both compute
+# each element with the same float32 operation, so a step gives the same bytes either way. Adding
+# an optimizer is one subclass of Optimizer here: it registers itself under its `name`.
 import math
 
 # name -> class, filled in by each subclass
@@ -8,9 +10,11 @@ OPTIMIZERS = {}
 
 
 class Optimizer:
-    """Per-parameter state, the update count and the rate's schedule; a subclass writes one step."""
-    # As MXNet's optimizers do once they know the parameters' names, weight decay applies to the
-    # names that end in _weight or _gamma, and not to the biases; decay_biases applies it to all.
+    """Per-parameter state, the update count and the rate's schedule; a subclass writes one step.
+
+    As MXNet's optimizers do once they know the parameters' names, weight decay applies to the
+    names that end in _weight or _gamma, and not to the biases; decay_biases applies it to all.
+    """
 
     name = None
     # Used when --lr is not given.
@@ -29,31 +33,21 @@ class Optimizer:
         self.lr_schedule = lr_schedule
         self.decay_biases = decay_biases
         self.num_update = 0
-        # name -> list of NDArrays: what a checkpoint saves and restores, with num_update.
+        # name -> list of arrays: what a checkpoint saves and restores, with num_update.
         self.state = {}
-        # What backward multiplies the gradients by already (see fold): rescale_grad, and -lr.
-        self.folded_rescale = self.folded_lr = False
 
     def update(self, params, grads, rescale_grad=1.0):
-        """Step every parameter (name -> NDArray) in place with its gradient, which it consumes."""
+        """Step every parameter (name -> array) in place with its gradient, which it consumes."""
         self.num_update += 1
         lr = self.lr_schedule(self.num_update) if self.lr_schedule else self.learning_rate
         for name, weight in params.items():
             if name not in self.state:
                 self.state[name] = self.new_state(weight)
-            self.step(name, weight, grads[name], lr, 1.0 if self.folded_rescale else rescale_grad)
+            self.step(name, weight, grads[name], lr, rescale_grad)
 
     def decays(self, name):
         """Whether weight decay applies to the parameter of this name."""
         return self.decay_biases or name.endswith(("_weight", "_gamma"))
-
-    def foldable(self):
-        """The factor, beyond rescale_grad, that backward may apply to the gradients for step."""
-        return 1.0
-
-    def fold(self, factor):
-        """From now on, the gradients come multiplied by rescale_grad and factor (of foldable())."""
-        self.folded_rescale, self.folded_lr = True, factor != 1.0
 
     def new_state(self, weight):
         """The zeroed state arrays that one parameter needs."""
@@ -66,14 +60,16 @@ class Optimizer:
         """Update one parameter array in place, at learning rate lr."""
         raise NotImplementedError
 
-    def clipped(self, grad, factor):
-        """factor * grad, clipped to +-clip_gradient if set, computed in grad's own buffer."""
-        # Scaling the gradient in place is free, since the next backward overwrites it anyway; each
-        # op is a full pass over memory, so a factor of exactly 1 costs none.
-        if factor != 1:
-            grad *= factor
+    def gradient(self, name, weight, grad, rescale_grad):
+        """MXNet's rescaled gradient, clip(rescale_grad * grad) + wd * weight, in grad's buffer.
+
+        Working in place is free, since the next backward pass overwrites the gradient anyway.
+        """
+        grad *= rescale_grad
         if self.clip_gradient:
             grad.clip(-self.clip_gradient, self.clip_gradient, out=grad)
+        if self.wd and self.decays(name):
+            grad += self.wd * weight
         return grad
 
 
@@ -82,42 +78,28 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def foldable(self):
-        # lr multiplies the gradient first when it never changes and nothing is clipped before it.
-        return 1.0 if self.lr_schedule or self.clip_gradient else -self.learning_rate
-
     def new_state(self, weight):
         super().new_state(weight)
         return [weight.zeros_like()] if self.momentum else []
 
-    def direction(self, grad, lr, rescale_grad):
-        """-lr * clip(rescale_grad * grad), in grad's buffer: the step before decay and momentum."""
-        if self.folded_lr:
-            return grad
-        if not self.clip_gradient:
-            return self.clipped(grad, -lr * rescale_grad)
-        # The clip comes before the learning rate: a pass of its own.
-        grad = self.clipped(grad, rescale_grad)
-        grad *= -lr
-        return grad
-
     def step(self, name, weight, grad, lr, rescale_grad):
-        ascent = self.direction(grad, lr, rescale_grad)
-        if self.wd and self.decays(name):
-            ascent -= weight * (lr * self.wd)
+        grad = self.gradient(name, weight, grad, rescale_grad)
+        grad *= lr
         if self.momentum:
             velocity, = self.state[name]
             velocity *= self.momentum
-            velocity += ascent
+            velocity -= grad
             weight += velocity
         else:
-            weight += ascent
+            weight -= grad
 
 
 class NAG(SGD):
-    """mx.optimizer.NAG, as its nag_mom_update kernel computes it with out=weight."""
-    # v = mom * v; w += mom * v - (1 + mom) * lr * (clip(rescale * g) + wd * w); then
-    # v -= lr * (clip(rescale * g) + wd * w), where this w is the weight just updated.
+    """mx.optimizer.NAG, as its nag_mom_update kernel computes it with out=weight.
+
+    With g = clip(rescale * grad): v = mom * v; w += mom * v - (1 + mom) * lr * (g + wd * w); then
+    v -= lr * (g + wd * w), where this w is the weight just updated.
+    """
 
     name = "nag"
 
@@ -126,17 +108,20 @@ class NAG(SGD):
             # MXNet then runs plain sgd_update.
             return super().step(name, weight, grad, lr, rescale_grad)
         velocity, = self.state[name]
-        wd = self.wd if self.decays(name) else 0.0
-        scaled = self.direction(grad, lr, rescale_grad)
-        ascent = scaled - weight * (lr * wd) if wd else scaled
+        decay = self.wd if self.decays(name) else 0.0
+        grad *= rescale_grad
+        if self.clip_gradient:
+            grad.clip(-self.clip_gradient, self.clip_gradient, out=grad)
+        grad *= lr
+        step = grad + (lr * decay) * weight if decay else grad
         velocity *= self.momentum
-        weight += velocity * self.momentum
-        weight += ascent * (1 + self.momentum)
-        if wd:
-            # MXNet's kernel writes the weight before it reads it again for this term, and NAG
-            # passes out=weight: the momentum's decay sees the updated weight. That is the rule.
-            scaled -= weight * (lr * wd)
-        velocity += scaled
+        weight += self.momentum * velocity
+        weight -= (1 + self.momentum) * step
+        # MXNet's kernel writes the weight before it reads it again for this term, and NAG passes
+        # out=weight: the momentum's decay sees the updated weight. That is the rule.
+        if decay:
+            grad += (lr * decay) * weight
+        velocity -= grad
 
 
 class Adam(Optimizer):
@@ -152,21 +137,21 @@ class Adam(Optimizer):
         return [weight.zeros_like(), weight.zeros_like()]
 
     def step(self, name, weight, grad, lr, rescale_grad):
-        if rescale_grad != 1:
-            grad *= rescale_grad
+        grad *= rescale_grad
         if self.wd and self.decays(name):
-            grad += weight * self.wd
+            grad += self.wd * weight
         # MXNet's adam_update clips after adding the weight decay.
-        grad = self.clipped(grad, 1)
+        if self.clip_gradient:
+            grad.clip(-self.clip_gradient, self.clip_gradient, out=grad)
         mean, var = self.state[name]
         mean *= self.beta1
-        mean += grad * (1 - self.beta1)
+        mean += (1 - self.beta1) * grad
         var *= self.beta2
-        var += grad.square() * (1 - self.beta2)
+        var += (1 - self.beta2) * grad * grad
         # Bias correction folded into the step size, as MXNet does (epsilon is not corrected).
         t = self.num_update
         lr_t = lr * math.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        weight -= mean / (var.sqrt() + self.epsilon) * lr_t
+        weight -= lr_t * mean / (var.sqrt() + self.epsilon)
 
 
 def lr_schedule(kind, learning_rate, total_updates, step_updates=(), factor=0.1):
@@ -184,8 +169,10 @@ def lr_schedule(kind, learning_rate, total_updates, step_updates=(), factor=0.1)
 
 
 def create(config, batches):
-    """The optimizer config names, its schedule counted in batches (epoch -> its batch count)."""
-    # The schedule spans those epochs; a step epoch before the first has already lowered the rate.
+    """The optimizer config names, its schedule counted in batches (epoch -> its batch count).
+
+    The schedule spans those epochs; a step epoch before the first has already lowered the rate.
+    """
     def updates_after(epoch):
         return sum(count for e, count in batches.items() if e <= epoch)
     steps = [updates_after(epoch) for epoch in config.lr_step_epochs]

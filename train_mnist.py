@@ -125,8 +125,10 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
         # 3. The optimizer, hand-written, its schedule counted in the batches the iterator yields.
         batches = data.batches_per_epoch(train_iter, run.epoch_range)
         opt = optimizer.create(config, batches)
-        # 4. Bind: simple_bind the graph on each device, parameters and gradients in shared buffers.
-        model = devices.simple_bind(graph, opt, (train_iter, test_iter), run)
+        # 4. Bind: simple_bind the graph on each device, over buffers that hold its parameters and
+        #    their gradients (devices.Model); other batch sizes reshape the executor.
+        model = devices.Model(graph, run, (train_iter, test_iter), opt)
+        model.bind([graph.simple_bind(ctx, **model.binding(ctx)) for ctx in run.contexts])
         # 5. Initialise the weights by hand; a checkpoint's state replaces them when resuming.
         initialize(model.arg_params, run.rng)
         meter = metrics.Meter()
@@ -208,7 +210,7 @@ def score(config, log=None):
         _, test_iter = data.iterators(run.config, run.contexts, run.rng, log=log)
         symbol = network.get_symbol(config.network, config.num_hidden)
         graph = network.training_graph(symbol, config.gradient)
-        model = devices.simple_bind(graph, None, (None, test_iter), run)
+        model = devices.bound(graph, run, (None, test_iter))
         run.load_weights(model.arg_params, symbol)
         scored = evaluate(model, test_iter)
         run.log(report.scored_line(run.source, scored))

@@ -44,21 +44,23 @@ def _initial(network_name, hidden, seed):
 
 
 def _arrays(data_dir, network_name):
+    """(train images, train labels, test images, test labels): the floats the trainer sees."""
     import data
     import network
-    # the floats the trainer sees
-    train_x, train_y, test_x, test_y = data.load_mnist(data_dir)
+    from harness import datasets, idx_files
+    paths = idx_files.find(datasets.DATASETS["mnist"], data_dir)
+    train_x, train_y, test_x, test_y, _ = idx_files.read(paths)
     shape = (-1, *network.sample_shape(network_name))
     return (
-        train_x.reshape(shape),
+        data.to_floats(train_x).reshape(shape),
         train_y.astype(np.float32),
-        test_x.reshape(shape),
+        data.to_floats(test_x).reshape(shape),
         test_y.astype(np.float32),
     )
 
 
 def peer_plain(args):
-    """python train_mnist.py --no-fast: the trainer without the speed tricks of fast.py."""
+    """python train_mnist.py --no-fast: the update in MXNet's operators, as on a GPU."""
     return peer_ours(args, ["--no-fast"])
 
 
@@ -186,16 +188,19 @@ def peer_floor(args):
 
 
 def peer_update(args):
-    """The trainer's update alone, as its fast path runs it: SGD over the flat parameters."""
+    """The trainer's update alone, as its default path runs it on a CPU: optimizer.SGD stepping
+    each parameter by name, in numpy over NDArrays' memory."""
     import optimizer
-    from harness import fast
+    from harness import cpu, fast
     mx = _mxnet()
-    count = sum(value.size for value in _initial(args.network, args.hidden, args.seed).values())
-    params = {"flat_weight": fast._elementwise(mx.nd.zeros(count))}
-    grads = {"flat_weight": fast._elementwise(mx.nd.ones(count) * -1e-3)}
+    # As the trainer runs: the gradients, scaled in place step after step, flush to zero rather
+    # than take the slow path of subnormal floats.
+    cpu.flush_denormals()
+    owners = {name: (mx.nd.array(value), mx.nd.ones(value.shape) * -1e-3) for name, value in
+              _initial(args.network, args.hidden, args.seed).items()}
+    params = {name: fast.host_view(weight) for name, (weight, _) in owners.items()}
+    grads = {name: fast.host_view(grad) for name, (_, grad) in owners.items()}
     opt = optimizer.SGD(LR)
-    # As the fast path folds it: backward hands over the gradient times -lr / batch already.
-    opt.fold(-LR)
     seconds = []
     for _ in range(args.epochs):
         mx.nd.waitall()

@@ -1,11 +1,14 @@
-"""The size sweep: seconds per epoch of the trainer and its peers, from the tutorial's MLP up."""
-# Each peer runs in its own process (benchmarks/peers.py); every round runs every row and peer once,
-# the rounds interleaved, and each figure is the median over the rounds of each run's median of
-# epochs 2..N. MXNet's peers (Module.fit, Gluon, the forward+backward floor, our update alone)
-# get the threads the trainer's own rule picks for the row; PyTorch runs at 1 thread and at all
-# cores. Ours is timed over its training steps, without scoring the test set, as every peer is.
-# It writes results/sweep.json and the Markdown table, into docs/speed.md with --doc. It asserts
-# nothing.
+"""The size sweep: seconds per epoch of the trainer and its peers, from the tutorial's MLP up.
+
+Each peer runs in its own process (benchmarks/peers.py); every round runs every row and peer
+once, the rounds interleaved, and each figure is the median over the rounds of each run's median
+of epochs 2..N. MXNet's peers (Module.fit, Gluon, the forward+backward floor, our update alone)
+get the threads the trainer's own rule picks for the row; PyTorch runs at 1 thread and at all
+cores. The floor runs on each of MXNet's engines, the threaded one (its default) and the naive
+one (the default run's on one CPU), and the table gives the lower. Ours is timed over its training
+steps, without scoring the test set, as every peer is. It writes results/sweep.json and the
+Markdown table, into docs/speed.md with --doc. It asserts nothing.
+"""
 import argparse
 import importlib.util
 import json
@@ -35,28 +38,41 @@ _MARK = "<!-- sweep table -->"
 
 
 def _peers(row, torch_python):
-    names = ["ours", "plain", "module", "gluon", "floor", "update"]
+    names = ["ours", "plain", "module", "gluon", "floor", "floor:naive", "update"]
     names += ["gemm"] if row[0] == "mlp" else []
     return names + (["torch:1", f"torch:{os.cpu_count()}"] if torch_python else [])
 
 
 def _run(peer, row, data_dir, python, threads):
     name, hidden, batch, epochs = row
-    peer_name, _, torch_threads = peer.partition(":")
+    peer_name, _, variant = peer.partition(":")
+    torch_threads = variant if peer_name == "torch" else "0"
     command = [python, os.path.join(HERE, "peers.py"), peer_name, "--data-dir", data_dir,
                "--network", name, "--batch", str(batch), "--epochs", str(epochs),
-               "--threads", torch_threads or "0"]
+               "--threads", torch_threads]
     command += ["--hidden", ",".join(map(str, hidden))] if hidden else []
     env = dict(os.environ)
     # MXNet's peers: the threads of the trainer's own rule
     if peer_name in ("module", "gluon", "floor", "update"):
         env.update(OMP_NUM_THREADS=str(threads), MXNET_OMP_MAX_THREADS=str(threads))
+    if variant == "naive":
+        env.update(MXNET_ENGINE_TYPE="NaiveEngine")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"{peer} on {row} failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     seconds = result["epoch_seconds"]
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds), result["test_acc"]
+
+
+def cpu_kind():
+    """This CPU's model name and its widest vector extension, as /proc/cpuinfo says."""
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), "an unknown CPU")
+    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    return f"{model}, {isa}, {os.cpu_count()} cores"
 
 
 def _threads(row):
@@ -70,10 +86,12 @@ def _table(rows, results, peers_of):
     head = ["network, hidden, batch", "threads", "ours", "ours --no-fast", "Module.fit", "Gluon",
             "PyTorch 1 thread", f"PyTorch {os.cpu_count()} threads", "MXNet fwd+bwd floor",
             "our update alone", "GEMMs only", "ours / floor", "ours / best PyTorch"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"On {cpu_kind()}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         got = {peer: statistics.median(s for s, _ in results[(row, peer)])
                for peer in peers_of[row]}
+        # The floor: MXNet's forward and backward on whichever engine runs them faster.
+        got["floor"] = min(got.pop("floor"), got.pop("floor:naive"))
         torch_best = min((got[p] for p in got if p.startswith("torch")), default=None)
         cells = [f"{row[0]} {','.join(map(str, row[1])) or '-'}, {row[2]}", str(_threads(row))]
         cells += [f"{got[c]:.3f}" if c in got else "-" for c in columns]

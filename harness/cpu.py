@@ -8,6 +8,7 @@ import os
 import platform
 import struct
 import sys
+import tempfile
 import warnings
 
 # The work (floating-point operations of a step, forward and backward, on one context) that each
@@ -89,6 +90,21 @@ def use_threads(threads):
     return True
 
 
+def choose_engine(config):
+    """The MXNet engine for config: 'NaiveEngine' for one process on one CPU context, else None.
+
+    With the update in numpy (harness/fast.py), each step waits for its gradients anyway, so a
+    threaded engine's hand-over of every operator to a worker thread only adds its latency: the
+    naive engine runs each operator at once, on the thread that asks for it, with the same
+    kernels and so the same numbers. Several contexts, GPUs and other workers keep MXNet's
+    threaded engine, whose asynchrony they need. None leaves MXNet's default.
+    """
+    one_context = not config.gpus and config.cpus <= 1
+    if config.fast and one_context and config.kv_store in ("local", "device"):
+        return "NaiveEngine"
+    return None
+
+
 def prepare(config, multiply_adds):
     """Set the process up for MXNet before it loads, as config asks."""
     # Return the line that says how.
@@ -104,6 +120,35 @@ def prepare(config, multiply_adds):
         "threads: those MXNet loaded with, before main() ran"
     # Before MXNet starts its threads, which inherit it.
     flush_denormals()
+    engine = choose_engine(config)
+    if engine and "MXNET_ENGINE_TYPE" not in os.environ and "mxnet" not in sys.modules:
+        # A user's own choice stands (checks.check_environment has checked it).
+        os.environ["MXNET_ENGINE_TYPE"] = engine
+        _start_engine(engine)
     # Read at bind time: it silences a banner per executor.
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
     return line
+
+
+def _start_engine(engine):
+    """Load MXNet and start its engine, without the line it logs for a chosen engine.
+
+    MXNet makes its engine at its first operation, and says so on stderr whenever
+    MXNET_ENGINE_TYPE is set; a run that succeeds prints nothing there. Anything else written
+    to stderr meanwhile is passed on.
+    """
+    import mxnet as mx
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            mx.nd.zeros(1).wait_to_read()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read(1 << 16).decode(errors="replace")
+    for line in text.splitlines(keepends=True):
+        if f"start using engine: {engine}" not in line:
+            sys.stderr.write(line)

@@ -1,10 +1,10 @@
-"""Devices and binding: the contexts, and simple_bind of the training graph on each of them."""
-# A Model holds one Replica per context. Each replica's parameters, and separately its gradients,
-# are views of one flat buffer, so that summing over devices and workers is one array, and copying
-# the weights is one. Binding is where the speed tricks of fast.py are chosen: the loop that drives
-# a Model is the same text on the fast path and on the plain one.
-import collections.abc
+"""Devices and binding: the contexts, and the training graph bound on each of them.
 
+A Model holds one Replica per context. Each replica's parameters, and separately its gradients,
+are views of one flat buffer, so that summing over devices and workers is one array, and copying
+the weights is one. train() binds each replica's executor with simple_bind; other batch sizes
+reshape it, over the same parameters.
+"""
 import mxnet as mx
 import numpy as np
 
@@ -63,193 +63,131 @@ def _even(total, parts):
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def simple_bind(graph, opt, iterators, run):
-    """The Model of graph on run's devices."""
-    # Ready to bind its executors with simple_bind as batches come.
-    # graph: the training graph (network.training_graph); opt: the optimizer, None to score only;
-    # iterators: (train_iter, test_iter), the first None to score only. The run's memory is checked
-    # first.
-    train_iter, test_iter = iterators
-    sample_shape = test_iter.provide_data[_position(test_iter, "test")[0]].shape[1:]
-    layout = Layout(graph, sample_shape, opt)
-    speed = fast.tricks(run.config, opt) if run.config.fast and opt is not None else fast.plain()
-    speed.prepare(opt, train_iter, run.contexts, _bound_shapes(train_iter, len(run.contexts)))
-    rows = [it.provide_data[0].shape[0] if it is not None else 0 for it in iterators]
-    data_bytes = sum(getattr(it, "device_bytes", 0) for it in iterators if it is not None)
-    state_count = len(opt.new_state(mx.nd.zeros(1))) if opt is not None else 0
-    memory.check(dict(memory.model_needs(graph, sample_shape, rows, len(run.contexts), state_count),
-                      data=data_bytes * len(run.contexts)))
-    return Model(graph, layout, run.contexts, run.sync, speed, iterators)
-
-
-def _bound_shapes(train_iter, num_contexts):
-    """The data shapes training binds for the project's MNISTIter."""
-    # Each device's share of its batch sizes.
-    if not hasattr(train_iter, "global_batch"):
-        return []
-    batch, total, (worker, workers) = (
-        train_iter.global_batch,
-        train_iter.num_samples,
-        train_iter.shard,
-    )
-    shapes = set()
-    for size in {batch, total % batch} - {0}:
-        (begin, end), = shares(size, worker, workers, 1)
-        shapes |= {(last - first, *train_iter.host[0].shape[1:]) for first, last in
-                   shares(end - begin, 0, 1, num_contexts)}
-    return sorted(shapes)
-
-
 class Layout:
-    """Where each parameter lives in a flat buffer."""
-    # Names in the network's argument order, shapes, offsets.
-    # The parameters that opt decays come first in the buffer, the others after them, so that the
-    # fast path can hand the optimizer each kind as one flat array.
+    """Where each parameter of a graph lives in a flat buffer: names, shapes and offsets.
 
-    def __init__(self, graph, sample_shape, opt=None):
+    The names are the graph's arguments but its data and label, in the graph's order.
+    """
+
+    def __init__(self, graph, sample_shape):
         shapes = graph.infer_shape(**{DATA: (1, *sample_shape), LABEL: (1,)})[0]
         self.shapes = {name: tuple(shape) for name, shape in zip(graph.list_arguments(), shapes)
                        if name not in (DATA, LABEL)}
         self.names = list(self.shapes)
-        decays = opt.decays if opt is not None else (lambda name: True)
-        self.order = sorted(self.names, key=lambda name: not decays(name))
-        self.decaying = sum(1 for name in self.names if decays(name))
-        self.sizes = {name: int(np.prod(self.shapes[name])) for name in self.names}
+        self.sizes = {name: int(np.prod(shape)) for name, shape in self.shapes.items()}
         self.size = sum(self.sizes.values())
 
-    def offsets(self):
-        """name -> (begin, end) in the flat buffer."""
-        spans, offset = {}, 0
-        for name in self.order:
-            spans[name] = (offset, offset + self.sizes[name])
-            offset += self.sizes[name]
-        return spans
-
     def views(self, flat):
-        """name -> a view of flat shaped as that parameter, in the network's argument order."""
-        spans = self.offsets()
-        return {
-            name: flat[spans[name][0] : spans[name][1]].reshape(self.shapes[name])
-            for name in self.names
-        }
-
-    def join(self, arrays, ctx):
-        """One flat array on ctx of name -> array, in this layout's order."""
-        return mx.nd.concat(
-            *[arrays[name].as_in_context(ctx).reshape((-1,)) for name in self.order], dim=0
-        )
-
-
-class FlatArrays(collections.abc.Mapping):
-    """name -> NDArray, every array a view of one flat buffer, .flat."""
-
-    def __init__(self, flat, views):
-        self.flat, self._views = flat, views
-
-    def __getitem__(self, name):
-        return self._views[name]
-
-    def __iter__(self):
-        return iter(self._views)
-
-    def __len__(self):
-        return len(self._views)
+        """name -> the part of flat (an NDArray) that holds that parameter, in its shape."""
+        views, offset = {}, 0
+        for name in self.names:
+            views[name] = flat[offset:offset + self.sizes[name]].reshape(self.shapes[name])
+            offset += self.sizes[name]
+        return views
 
 
 class Replica:
-    """One context's part of training: its executors by batch share, its parameters, gradients."""
+    """One context's part of training: its parameters and gradients, and its executors.
+
+    Its parameters are views of one flat buffer, and its gradients of another, so that summing
+    gradients over devices and workers is one array, and so is copying the weights. flags: floats
+    after the gradients in their buffer, summed with them (a worker's stop flag).
+    """
 
     def __init__(self, ctx, layout, flags=0):
-        # flags: floats after the gradients in their buffer, summed with them: a worker's stop flag.
-        self.ctx, self.layout = ctx, layout
-        params, grads = mx.nd.zeros(layout.size, ctx), mx.nd.zeros(layout.size + flags, ctx)
-        self.params = FlatArrays(params, layout.views(params))
-        self.grads = FlatArrays(grads, layout.views(grads))
+        self.ctx = ctx
+        self.flat_params = mx.nd.zeros(layout.size, ctx)
+        self.flat_grads = mx.nd.zeros(layout.size + flags, ctx)
+        self.params, self.grads = layout.views(self.flat_params), layout.views(self.flat_grads)
+        # The executor simple_bind made, and those reshaped from it: batch rows -> executor.
         self.executors = {}
 
-    def executor(self, graph, data_desc, train, inputs):
-        """The executor of graph for a share of data_desc's shape and dtype."""
-        # Bound by simple_bind once.
-        # A training executor reads and writes the flat buffers in place; a scoring one reads the
-        # weights only. inputs: more arrays the graph reads, shared as they are (the pixel range of
-        # a byte-input graph).
-        key = (id(graph), data_desc, train)
-        if key not in self.executors:
-            self.executors[key] = self._bind(graph, data_desc, train, inputs)
-        return self.executors[key]
+    def executor(self, rows):
+        """The executor for a share of rows samples: simple_bind's, or one reshaped from it.
 
-    def _bind(self, graph, data_desc, train, inputs):
-        shape, dtype = data_desc
-        shared = dict(self.params, **inputs)
-        if train:
-            # simple_bind looks a gradient array up in shared_buffer as "grad of <name>".
-            shared.update({"grad of " + name: grad for name, grad in self.grads.items()})
-        # Gradients for the parameters only: an input gradient would be a wasted GEMM per batch. A
-        # scoring executor requests them too, though it never runs backward: a gradient-free graph
-        # is rewritten by mxnet 1.9.1's MKLDNN subgraph pass into fused FC ops that keep scoring the
-        # weights they first saw.
-        grad_req = {
-            name: "write" if name in self.params else "null" for name in graph.list_arguments()
-        }
-        extra = {name: array.shape for name, array in inputs.items()}
-        return graph.simple_bind(
-            self.ctx,
-            grad_req=grad_req,
-            shared_buffer=shared,
-            type_dict={DATA: dtype},
-            **{DATA: shape, LABEL: shape[:1]},
-            **extra,
-        )
+        A reshaped executor shares the parameters and gradients of the one it came from.
+        """
+        if rows not in self.executors:
+            bound = next(iter(self.executors.values()))
+            shape = bound.arg_dict[DATA].shape
+            self.executors[rows] = bound.reshape(
+                allow_up_sizing=True, **{DATA: (rows, *shape[1:]), LABEL: (rows,)})
+        return self.executors[rows]
 
 
 class Model:
-    """The network bound on every device."""
-    # Its executors made by simple_bind as each batch size first comes.
-    # params and grads are what the optimizer steps: each parameter by name on the plain path; on
-    # the fast path all of them as one or two flat arrays (those that decay and those that do not).
-    # arg_params is the first device's parameters by name, always: what initialisation, checkpoints
-    # and scoring use.
+    """The training graph on every device of a run, bound by simple_bind, and its parameters.
 
-    def __init__(self, graph, layout, ctxs, sync, speed, iterators):
-        # With several workers, one float after the gradients is each worker's stop flag (Run).
-        flags = 1 if sync.num_workers > 1 else 0
-        self.replicas = [Replica(ctx, layout, flags) for ctx in ctxs]
-        self.graph, self.layout, self.sync, self.speed = graph, layout, sync, speed
-        self.arg_params, first = self.replicas[0].params, self.replicas[0]
-        self.params, self.grads = (speed.grouped(layout, first.params.flat, first.grads.flat)
-                                   or (first.params, first.grads))
-        # Per iterator (training, scoring): where its data and label are, and whether a pad is real
-        # rows.
+    arg_params: the first device's parameters by name, as NDArrays: what initialisation,
+    checkpoints and scoring use. params and grads: the same memory by name, as the optimizer steps
+    it (harness/fast.py: NDArrays, or numpy views of them on the CPU).
+    """
+
+    def __init__(self, graph, run, iterators, opt=None):
+        # iterators: (train_iter, test_iter), the first None to score only; opt: None to score.
+        train_iter, test_iter = iterators
         self.reading = {train: _reading(it, "training" if train else "test")
                         for train, it in zip((True, False), iterators) if it is not None}
-        # (samples, train) -> graph: binding looks executors up by the graph's identity.
-        self._graphs = {}
+        bound_iter = train_iter or test_iter
+        data_desc = bound_iter.provide_data[self.reading[train_iter is not None][0][0]]
+        self.layout = Layout(graph, data_desc.shape[1:])
+        self.data_desc, self.graph, self.sync = data_desc, graph, run.sync
+        _check_memory(graph, iterators, run.contexts, opt, data_desc.shape[1:])
+        # With several workers, one float after the gradients is each worker's stop flag (Run).
+        flags = 1 if self.sync.num_workers > 1 else 0
+        self.replicas = [Replica(ctx, self.layout, flags) for ctx in run.contexts]
+        self.placement = fast.placement(run.config, run.contexts)
+        first = self.replicas[0]
+        self.arg_params = first.params
+        self.params = {name: self.placement.view(array) for name, array in first.params.items()}
+        self.grads = {name: self.placement.view(array) for name, array in first.grads.items()}
+        self._shares = {}
+
+    def binding(self, ctx):
+        """The keyword arguments of graph.simple_bind for the device ctx: a full batch's share.
+
+        Its parameters and their gradients are given as the device's flat buffers' views (MXNet
+        looks a gradient up in shared_buffer as "grad of NAME"); simple_bind allocates the rest.
+        Gradients are requested for the parameters only: an input gradient would be a wasted GEMM
+        per batch. A scoring executor requests them too, though it never runs backward: a
+        gradient-free graph is rewritten by mxnet 1.9.1's MKLDNN subgraph pass into fused ops that
+        keep scoring the weights they first saw.
+        """
+        device = [replica.ctx for replica in self.replicas].index(ctx)
+        replica = self.replicas[device]
+        begin, end = self._share(self.data_desc.shape[0])[device]
+        rows = end - begin
+        shared = dict(replica.params, **{"grad of " + name: grad
+                                         for name, grad in replica.grads.items()})
+        grad_req = {name: "write" if name in replica.params else "null"
+                    for name in self.graph.list_arguments()}
+        return dict(grad_req=grad_req, shared_buffer=shared,
+                    type_dict={DATA: self.data_desc.dtype},
+                    **{DATA: (rows, *self.data_desc.shape[1:]), LABEL: (rows,)})
+
+    def bind(self, executors):
+        """Take the executors simple_bind made, one per device in the run's order."""
+        for replica, exe in zip(self.replicas, executors):
+            replica.executors = {exe.arg_dict[DATA].shape[0]: exe}
 
     def load(self, batch, train=True):
-        """Put each replica's share of batch into its executor."""
-        # Return the executors and the batch's samples.
-        # A batch that can gather its rows straight into a device's arrays (data.MNISTBatch) does;
-        # any other is sliced and copied, as Module does. Padding rows go nowhere. samples counts
-        # the whole batch over all workers: what the update divides the summed gradients by.
+        """Put each device's share of batch into its executor: (the executors, the samples).
+
+        A batch that can gather its rows straight into a device's arrays (data.MNISTBatch) does;
+        any other is sliced and copied, as Module does. Padding rows go nowhere. samples counts
+        the whole batch over all workers: what the update divides the summed gradients by.
+        """
         gather = getattr(batch, "gather_into", None)
         if gather:
-            rows, samples, desc = batch.rows, batch.samples, batch.provide_data[0]
-            shape, dtype = desc.shape[1:], desc.dtype
+            rows, samples = batch.rows, batch.samples
         else:
             (data_at, label_at), pad_is_real = self.reading[train]
             images, labels = batch.data[data_at], batch.label[label_at]
             rows = images.shape[0] - (0 if pad_is_real else batch.pad or 0)
-            shape, dtype, samples = images.shape[1:], images.dtype, rows * self.sync.num_workers
-        key = (samples, train)
-        if key not in self._graphs:
-            self._graphs[key] = self.speed.graph(self.graph, samples) if train else self.graph
-        graph = self._graphs[key]
+            samples = rows * self.sync.num_workers
         executors = []
-        for device, (replica, (begin, end)) in enumerate(
-            zip(self.replicas, shares(rows, 0, 1, len(self.replicas)))
-        ):
-            inputs = self.speed.inputs(replica.ctx) if train else {}
-            exe = replica.executor(graph, ((end - begin, *shape), dtype), train, inputs)
+        for device, (begin, end) in enumerate(self._share(rows)):
+            exe = self.replicas[device].executor(end - begin)
             if gather:
                 gather(device, begin, end, exe.arg_dict[DATA], exe.arg_dict[LABEL])
             else:
@@ -258,49 +196,51 @@ class Model:
             executors.append(exe)
         return executors, samples
 
+    def _share(self, rows):
+        """[(begin, end)] of a batch of rows for each device."""
+        if rows not in self._shares:
+            self._shares[rows] = shares(rows, 0, 1, len(self.replicas))
+        return self._shares[rows]
+
     @property
     def stop_flag(self):
         """The float after the first replica's gradients, summed over workers with them."""
-        return self.replicas[0].grads.flat[self.layout.size:]
+        return self.replicas[0].flat_grads[self.layout.size:]
 
     def sum_grads(self):
-        """Sum the gradients of every replica and worker into the first replica's."""
-        self.sync.sum_grads([replica.grads.flat for replica in self.replicas])
+        """Sum every replica's and worker's gradients into the first replica's, for the update."""
+        self.sync.sum_grads([replica.flat_grads for replica in self.replicas])
+        self.placement.ready()
 
     def share_weights(self, from_rank0=False):
-        """Copy the first replica's weights to the others."""
-        # From_rank0 first gives every worker rank 0's.
-        self.sync.share_weights([replica.params.flat for replica in self.replicas], from_rank0)
+        """Copy the first replica's weights to the others; from_rank0 first gives all rank 0's."""
+        self.sync.share_weights([replica.flat_params for replica in self.replicas], from_rank0)
 
-    def state_by_name(self, state):
-        """The optimizer's state (its names -> arrays) as parameter name -> arrays."""
-        # Views where grouped.
-        if self.params is self.replicas[0].params:
-            return state
-        spans, by_name = self.layout.offsets(), {}
-        for group, (begin, end) in self.speed.spans(self.layout).items():
-            for name in self.layout.names:
-                first, last = spans[name]
-                if group in state and begin <= first < end:
-                    by_name[name] = [
-                        array[first - begin : last - begin].reshape(self.layout.shapes[name])
-                        for array in state[group]
-                    ]
-        return by_name
+    def saved_state(self, state):
+        """The optimizer's state (name -> arrays) as NDArrays, for a checkpoint."""
+        return {name: [self.placement.ndarray(array) for array in arrays]
+                for name, arrays in state.items()}
 
-    def state_from_names(self, by_name):
-        """The optimizer's state for its own names."""
-        # From parameter name -> arrays (state_by_name's form).
-        if self.params is self.replicas[0].params or not by_name:
-            return by_name
-        ctx, count = self.replicas[0].ctx, len(next(iter(by_name.values())))
-        flat = [
-            self.layout.join({name: arrays[i] for name, arrays in by_name.items()}, ctx)
-            for i in range(count)
-        ]
-        views = [self.speed.group(self.layout, array) for array in flat]
-        return {group: [by_group[group] for by_group in views]
-                for group in self.speed.spans(self.layout)}
+    def optimizer_state(self, by_name):
+        """Optimizer state restored from a checkpoint (name -> NDArrays), as the update steps it."""
+        return {name: [self.placement.state(array) for array in arrays]
+                for name, arrays in by_name.items()}
+
+
+def bound(graph, run, iterators, opt=None):
+    """A Model of graph with an executor bound on every device of run: what scoring uses."""
+    model = Model(graph, run, iterators, opt)
+    model.bind([graph.simple_bind(ctx, **model.binding(ctx)) for ctx in run.contexts])
+    return model
+
+
+def _check_memory(graph, iterators, contexts, opt, sample_shape):
+    """Refuse, before any allocation, a model and data that cannot fit in memory."""
+    rows = [it.provide_data[0].shape[0] if it is not None else 0 for it in iterators]
+    data_bytes = sum(getattr(it, "device_bytes", 0) for it in iterators if it is not None)
+    state_count = len(opt.new_state(mx.nd.zeros(1))) if opt is not None else 0
+    needs = memory.model_needs(graph, sample_shape, rows, len(contexts), state_count)
+    memory.check(dict(needs, data=data_bytes * len(contexts)))
 
 
 def _reading(iterator, which):

@@ -208,7 +208,7 @@ def _weights(run, iterator, network):
     config = run.config
     symbol = network.get_symbol(config.network, config.num_hidden)
     graph = network.training_graph(symbol, config.gradient)
-    model = devices.simple_bind(graph, None, (None, iterator), run)
+    model = devices.bound(graph, run, (None, iterator))
     run.load_weights(model.arg_params, symbol)
     return symbol, {name: array.copyto(mx.cpu()) for name, array in model.arg_params.items()}
 

@@ -341,7 +341,7 @@ class Run:
         elif tag is not None:
             self._resume(tag)
         model.share_weights(from_rank0=True)
-        self.sync.init(model.replicas[0].grads.flat)
+        self.sync.init(model.replicas[0].flat_grads)
 
     def _resume(self, tag):
         prefix, model, opt = self.config.model_prefix, self.model, self.opt
@@ -357,7 +357,7 @@ class Run:
             len(self.contexts),
         )
         opt.num_update = state.num_update
-        opt.state = model.state_from_names(
+        opt.state = model.optimizer_state(
             {
                 name: [a.as_in_context(self.contexts[0]) for a in arrays]
                 for name, arrays in state.optimizer.items()
@@ -545,7 +545,7 @@ class Run:
             history=list(self.history),
             rng=rng_state,
             num_update=opt.num_update,
-            optimizer=self.model.state_by_name(opt.state),
+            optimizer=self.model.saved_state(opt.state),
             first_epoch=self.first_epoch,
             data=self.digests,
             metrics=dict(self.metrics.at) if self.metrics else None,
@@ -645,7 +645,7 @@ class Run:
         # And the likely flag.
         config, epoch = self.config, self.epoch
         bad = np.flatnonzero(~np.isfinite(per_batch[:, 1]))
-        if not len(bad) and np.isfinite(self.model.replicas[0].params.flat.sum().asscalar()):
+        if not len(bad) and np.isfinite(self.model.replicas[0].flat_params.sum().asscalar()):
             return
         where = f"non-finite loss in epoch {epoch}, batch {bad[0] + 1}" if len(bad) else \
             f"non-finite parameters after epoch {epoch}"

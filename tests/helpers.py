@@ -166,7 +166,7 @@ def run_cli(capsys, *argv):
 
 
 class FakeRun:
-    """What devices.simple_bind reads of a Run: its config, contexts and sync."""
+    """What devices.Model reads of a Run: its config, contexts and sync."""
 
     def __init__(self, settings, contexts=None):
         import mxnet as mx
@@ -195,10 +195,23 @@ def bound_model(hidden=(16,), seed=0, iterators=None, opt=None, **settings):
             np.zeros((100, *shape), np.float32), np.zeros(100, np.float32), 100
         )
         iterators = (zeros, zeros)
-    model = devices.simple_bind(graph, opt, iterators, run)
+    model = devices.bound(graph, run, iterators, opt)
     train_mnist.initialize(model.arg_params, np.random.RandomState(seed))
     model.share_weights()
     return model
+
+
+def load_mnist(folder):
+    """(train_images, train_labels, test_images, test_labels) of the IDX files in folder.
+
+    Images as (N, 784) float32 in [0, 1], made from the bytes as data.py makes them; labels as
+    they are stored.
+    """
+    import data
+    from harness import datasets, idx_files
+    paths = idx_files.find(datasets.DATASETS["mnist"], folder)
+    train_x, train_y, test_x, test_y, _ = idx_files.read(paths)
+    return data.to_floats(train_x), train_y, data.to_floats(test_x), test_y
 
 
 def batch_of(images, labels):

@@ -17,15 +17,6 @@ def test_pixel_floats_span_0_to_1_within_float32_rounding_of_byte_over_255():
     assert np.all(np.diff(pixels) > 0)
 
 
-def test_load_mnist_gives_floats_of_the_bytes(tmp_path):
-    arrays = write_mnist(str(tmp_path))
-    train_x, train_y, test_x, test_y = data.load_mnist(str(tmp_path))
-    assert train_x.dtype == np.float32 and np.array_equal(
-        train_x, data.to_floats(arrays[0].reshape(-1, 784))
-    )
-    assert np.array_equal(test_y, arrays[3]) and test_x.shape == (230, 784)
-
-
 def _epoch(iterator, contexts=1):
     """Each batch's rows, in order."""
     # Gathered on each context by gather_into, and through .data for device 0.

@@ -44,7 +44,7 @@ def _batch_gradients(gradient, seed, hidden=(6, 5), batch=3, features=7, network
     exe.backward(network.head_gradients(exe, gradient))
     values = {name: array.asnumpy().astype(np.float64) for name, array in model.arg_params.items()}
     grads = {name: exe.grad_dict[name].asnumpy() for name in model.arg_params}
-    assert np.abs(model.replicas[0].grads.flat.asnumpy()).max() > 1e-3
+    assert np.abs(model.replicas[0].flat_grads.asnumpy()).max() > 1e-3
     return values, grads, images, labels
 
 

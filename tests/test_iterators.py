@@ -6,11 +6,11 @@ import pytest
 
 import data
 import train_mnist
-from helpers import REAL_MNIST, assert_params_close, config, saved_params, write_mnist
+from helpers import REAL_MNIST, assert_params_close, config, load_mnist, saved_params, write_mnist
 
 
 def _ndarray_iters(folder, batch=100, **kwargs):
-    train_x, train_y, test_x, test_y = data.load_mnist(folder)
+    train_x, train_y, test_x, test_y = load_mnist(folder)
     # NDArrayIter shuffles with numpy's global RNG: seeded, so that no test depends on those run
     # before it.
     np.random.seed(0)
@@ -55,7 +55,7 @@ class CountingIter(mx.io.DataIter):
 
 def test_a_padded_last_batch_is_never_counted_nor_trained_on(synthetic_dir, tmp_path):
     # 1050 samples in batches of 100: the last holds 50 samples and 50 rows of padding.
-    train_x, train_y, test_x, test_y = data.load_mnist(synthetic_dir)
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
     histories = []
     for name, garbage in (("padded", True), ("short", False)):
         iters = (CountingIter(train_x, train_y.astype(np.float32), 100, garbage),
@@ -95,7 +95,7 @@ def test_mxnets_own_mnist_iterator_trains_to_the_accuracy_of_the_built_in_source
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_users_iterator_is_split_across_contexts_like_one(synthetic_dir, tmp_path, fast):
-    train_x, train_y, test_x, test_y = data.load_mnist(synthetic_dir)
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
     for name, cpus in (("one", 0), ("two", 2)):
         iters = (
             CountingIter(train_x, train_y.astype(np.float32), 64),
@@ -155,7 +155,7 @@ class ListIter(mx.io.DataIter):
 
 
 def test_the_label_is_taken_by_the_name_the_network_expects(synthetic_dir, tmp_path):
-    train_x, train_y, test_x, test_y = data.load_mnist(synthetic_dir)
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
     y = train_y.astype(np.float32)
     # NDArrayIter sorts its labels by name: 'other' comes first, and a trainer that took label[0]
     # would train on the zeros.
@@ -184,7 +184,7 @@ def test_the_label_is_taken_by_the_name_the_network_expects(synthetic_dir, tmp_p
 def test_an_iterator_without_the_label_is_refused_naming_what_it_provides(
     capsys, synthetic_dir, labels, expected
 ):
-    train_x, train_y, test_x, test_y = data.load_mnist(synthetic_dir)
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
     it = mx.io.NDArrayIter(
         {"data": train_x}, {name: train_y.astype(np.float32) for name in labels} or None, 100
     )
@@ -194,7 +194,7 @@ def test_an_iterator_without_the_label_is_refused_naming_what_it_provides(
 
 
 def test_data_is_found_by_name_among_several_arrays(synthetic_dir, tmp_path):
-    train_x, train_y, test_x, test_y = data.load_mnist(synthetic_dir)
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
     y = train_y.astype(np.float32)
     named = mx.io.NDArrayIter({"aux": 0 * train_x, "data": train_x}, {"softmax_label": y}, 100)
     plain = mx.io.NDArrayIter(train_x, y, 100)
@@ -214,7 +214,7 @@ def test_a_rolled_over_batch_trains_and_counts_every_real_row(synthetic_dir, tmp
     # 1050 samples in batches of 100, rolled over: from epoch 2 on, the first batch holds the 50
     # left over from the epoch before, which NDArrayIter reports as pad, and the 50 first of the new
     # epoch.
-    train_x, train_y, test_x, test_y = data.load_mnist(synthetic_dir)
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
     y = train_y.astype(np.float32)
     replay = mx.io.NDArrayIter(train_x, y, 100, last_batch_handle="roll_over")
     epochs = []

@@ -17,7 +17,6 @@ def _config(folder, **overrides):
     )
 
 
-
 @pytest.mark.parametrize(
     "settings",
     [
@@ -46,12 +45,12 @@ def test_lenet_resumes_bit_for_bit(synthetic_dir, tmp_path):
     assert arg_params["conv1_weight"].shape == (20, 1, 5, 5)
 
 
-def test_lenet_on_two_contexts_and_on_the_plain_path_trains_like_the_default(
+def test_lenet_trains_the_same_bytes_with_no_fast_and_alike_on_two_contexts(
     synthetic_dir, tmp_path
 ):
-    # Plain SGD, an epoch of 17 steps: the paths differ by float rounding only (8e-8 measured). With
-    # momentum 0.9 the dynamics amplify that rounding through the convolutions: 5e-5 after 12 steps
-    # of 1050 samples.
+    # Plain SGD, an epoch of 17 steps. On two contexts the gradients are summed in another order:
+    # float rounding apart (8e-8 measured). With momentum 0.9 the dynamics amplify that rounding
+    # through the convolutions: 5e-5 after 12 steps of 1050 samples.
     for name, settings in (("one", {}), ("two", {"cpus": 2}), ("plain", {"fast": False})):
         train_mnist.train(
             _config(
@@ -62,8 +61,10 @@ def test_lenet_on_two_contexts_and_on_the_plain_path_trains_like_the_default(
                 **settings,
             )
         )
+    with open(tmp_path / "one-0001.params", "rb") as one, \
+            open(tmp_path / "plain-0001.params", "rb") as plain:
+        assert one.read() == plain.read()
     assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "two", 1))
-    assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "plain", 1))
 
 
 def test_lenet_over_dist_sync_trains_like_one_process(synthetic_dir, tmp_path):

@@ -122,40 +122,6 @@ def test_a_bias_of_one_half_stays_one_half_under_weight_decay_alone():
     assert bias.asscalar() == pytest.approx(0.475)
 
 
-@pytest.mark.parametrize(
-    "name, momentum, wd, schedule",
-    [
-        ("sgd", 0.0, 0.0, None),
-        ("sgd", 0.9, 0.03, None),
-        ("nag", 0.9, 0.05, None),
-        ("adam", 0.0, 0.03, None),
-        ("sgd", 0.9, 0.03, "cosine"),
-    ],
-)
-def test_a_fold_into_backward_steps_as_the_plain_update_does(name, momentum, wd, schedule):
-    # What fast.py folds into backward (foldable()), applied to the gradients here instead, steps
-    # the same.
-    rng = np.random.RandomState(1)
-    weights = _arrays(rng)
-    folded = {key: array.copy() for key, array in weights.items()}
-    lr_schedule = optimizer.lr_schedule(schedule, 0.1, 10) if schedule else None
-    plain = OPTIMIZERS[name](0.1, momentum, wd, lr_schedule)
-    fold = OPTIMIZERS[name](0.1, momentum, wd, lr_schedule)
-    factor = fold.foldable()
-    assert factor == (1.0 if name == "adam" or schedule else -0.1)
-    fold.fold(factor)
-    for _ in range(5):
-        grads = _arrays(rng)
-        plain.update(weights, {key: g.copy() for key, g in grads.items()}, rescale_grad=1 / 32)
-        fold.update(
-            folded, {key: g * (factor / 32) for key, g in grads.items()}, rescale_grad=1 / 32
-        )
-    for key in weights:
-        np.testing.assert_allclose(
-            folded[key].asnumpy(), weights[key].asnumpy(), rtol=1e-6, atol=1e-7
-        )
-
-
 def test_float16_weights_are_refused_in_one_line():
     with pytest.raises(ValueError, match="float16 weights lose the small steps"):
         optimizer.Adam(0.001).update(

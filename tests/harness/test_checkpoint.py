@@ -11,10 +11,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import data
 import network
 import train_mnist
-from helpers import ROOT, config, run_cli, tree_bytes
+from helpers import ROOT, config, load_mnist, run_cli, tree_bytes
 
 
 @pytest.fixture
@@ -70,7 +69,7 @@ def test_saves_every_period_and_the_last_epoch_in_mxnet_format(synthetic_dir, ck
 def test_saved_model_scores_the_same_through_module_and_gluon(synthetic_dir, ck):
     prefix = str(ck / "mlp")
     history = train_mnist.train(_config(synthetic_dir, prefix, num_epochs=2, lr=0.05))
-    _, _, test_x, test_y = data.load_mnist(synthetic_dir)
+    _, _, test_x, test_y = load_mnist(synthetic_dir)
     ours = train_mnist.score(_config(synthetic_dir, prefix, load_epoch=2, evaluate=True))
     assert ours["acc"] == pytest.approx(history[-1]["test_acc"], abs=1e-12)
 
@@ -454,7 +453,7 @@ def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(
 def _module_checkpoint(folder, prefix, epochs=3):
     """A checkpoint as MXNet's own Module.save_checkpoint writes it."""
     # Symbol, params and pickled states.
-    train_x, train_y, test_x, test_y = data.load_mnist(folder)
+    train_x, train_y, test_x, test_y = load_mnist(folder)
     module = mx.mod.Module(network.get_symbol("mlp", (32, 16)), context=mx.cpu())
     train_iter = mx.io.NDArrayIter(train_x, train_y.astype(np.float32), 100)
     module.fit(

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 import train_mnist
-from helpers import REAL_MNIST, ROOT, config, run_cli, synthetic_arrays, tree_bytes, write_mnist
+from helpers import (
+    REAL_MNIST,
+    ROOT,
+    config,
+    load_mnist,
+    run_cli,
+    synthetic_arrays,
+    tree_bytes,
+    write_mnist,
+)
 
 
 def _importable(*names):
@@ -330,8 +339,7 @@ def _variants(digit, index):
 @needs_pillow
 def test_predict_round_trip_of_mnist_digits(real_checkpoint, tmp_path, capsys):
     """Of 300 test digits classified right as they are, at least 95% still are as image files."""
-    import data
-    _, _, images, labels = data.load_mnist(REAL_MNIST)
+    _, _, images, labels = load_mnist(REAL_MNIST)
     images, labels = images[:300], labels[:300]
     right = _mxnet_probs("mlp", (128, 64), _params(real_checkpoint, 3), images).argmax(1) == labels
     paths, truth = [], []
