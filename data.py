@@ -10,6 +10,7 @@ import numpy as np
 
 import network
 from harness import checks, datasets, devices, idx_files, memory, report
+from harness.errors import ConfigError
 
 # A pixel's float is its byte times this: one rounding.
 PIXEL_SCALE = np.float32(1) / np.float32(255)
@@ -30,7 +31,13 @@ def iterators(config, contexts, rng, shard=(0, 1), log=None):
     *arrays, digests = idx_files.read(paths)
     shape = (-1, *network.sample_shape(config.network))
     if config.data_iter == "mxnet":
-        train, test = mxnet_iters(paths, config.batch_size, shape[1:], config.seed, shard)
+        # Each worker's MXNet iterator reads its own part of the set, in its share of each batch.
+        if config.batch_size % shard[1]:
+            raise ConfigError(
+                f"--data-iter mxnet gives each of the {shard[1]} workers an equal share of each "
+                f"batch: --batch-size {config.batch_size} is not a multiple of {shard[1]}")
+        train, test = mxnet_iters(paths, config.batch_size // shard[1], shape[1:], config.seed,
+                                  shard)
     elif config.data_iter == "mnist":
         train_x, train_y, test_x, test_y = arrays
         train = MNISTIter(train_x.reshape(shape), train_y, config.batch_size, contexts, rng, shard)
@@ -47,14 +54,21 @@ def to_floats(images):
 
 
 def batches_per_epoch(train_iter, epochs):
-    """epoch -> the batches train_iter yields in it, for each of epochs (a range), from now on."""
-    # The project's MNISTIter and NDArrayIter are counted from their settings, with the short last
-    # batch that each mode keeps, pads, drops or rolls over; any other iterator by one pass, taken
-    # as every epoch's.
+    """epoch -> the batches train_iter yields in it, for each of epochs (a range), from now on.
+
+    The project's MNISTIter and NDArrayIter are counted from their settings, with the short last
+    batch that each mode keeps, pads, drops or rolls over, also inside a PrefetchingIter; a
+    ResizeIter yields its size; any other iterator is counted by one pass, taken as every epoch's.
+    """
+    wrappers = devices.chain(train_iter)
+    resized = [it for it in wrappers if isinstance(it, mx.io.ResizeIter)]
+    alone = all(len(it.iters) == 1 for it in wrappers if isinstance(it, mx.io.PrefetchingIter))
     if isinstance(train_iter, MNISTIter):
         counts = [-(-train_iter.num_samples // train_iter.global_batch)] * len(epochs)
-    elif isinstance(train_iter, mx.io.NDArrayIter):
-        counts = _ndarray_iter_batches(train_iter, len(epochs))
+    elif resized:
+        counts = [resized[0].size] * len(epochs)
+    elif alone and isinstance(wrappers[-1], mx.io.NDArrayIter):
+        counts = _ndarray_iter_batches(wrappers[-1], len(epochs))
     else:
         train_iter.reset()
         counts = [sum(1 for _ in train_iter)] * len(epochs)
@@ -84,9 +98,13 @@ def _ndarray_iter_batches(it, num_epochs):
 
 
 def mxnet_iters(paths, batch_size, sample_shape, seed, shard=(0, 1)):
-    """MXNet's own C++ mx.io.MNISTIter over raw copies of the files of paths, and a test one."""
-    # It drops a short last batch, so the test set is read in the largest batch up to EVAL_CHUNK
-    # that divides it: every test sample is scored.
+    """MXNet's own C++ mx.io.MNISTIter over raw copies of the files of paths, and a test one.
+
+    With several workers, shard = (index, count): each reads its own part of the training set,
+    batch_size samples at a time (its share of each batch). MXNet's iterator drops a short last
+    batch, so the test set is read in the largest batch up to EVAL_CHUNK that divides it: every
+    test sample is scored.
+    """
     folder = _raw_copies(paths)
     raw = [os.path.join(folder, name) for name in datasets.FILES]
     flat = len(sample_shape) == 1

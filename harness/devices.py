@@ -244,8 +244,27 @@ def _check_memory(graph, iterators, contexts, opt, sample_shape):
 
 
 def _reading(iterator, which):
-    """((data position, label position), whether padding is real rows) for a DataIter's batches."""
-    return _position(iterator, which), getattr(iterator, "last_batch_handle", None) == "roll_over"
+    """((data position, label position), whether padding is real rows) for a DataIter's batches.
+
+    NDArrayIter(last_batch_handle='roll_over') reports the rows an epoch left over as the next
+    epoch's first batch's pad: they are real, and trained. A wrapper passes that pad on as it is.
+    """
+    inner = chain(iterator)[-1]
+    return _position(iterator, which), getattr(inner, "last_batch_handle", None) == "roll_over"
+
+
+def chain(iterator):
+    """iterator, then each iterator whose batches it passes on as they are, outermost first:
+    through a ResizeIter, and through a PrefetchingIter to its first iterator, whose pad it
+    passes on."""
+    found = [iterator]
+    while True:
+        if isinstance(found[-1], mx.io.PrefetchingIter):
+            found.append(found[-1].iters[0])
+        elif isinstance(found[-1], mx.io.ResizeIter):
+            found.append(found[-1].data_iter)
+        else:
+            return found
 
 
 def _position(iterator, which):

@@ -1,12 +1,24 @@
 """train() on any MXNet data iterator: NDArrayIter, MXNet's C++ MNISTIter, a user's own DataIter."""
 
+import os
+import subprocess
+import sys
+
 import mxnet as mx
 import numpy as np
 import pytest
 
 import data
 import train_mnist
-from helpers import REAL_MNIST, assert_params_close, config, load_mnist, saved_params, write_mnist
+from helpers import (
+    REAL_MNIST,
+    ROOT,
+    assert_params_close,
+    config,
+    load_mnist,
+    saved_params,
+    write_mnist,
+)
 
 
 def _ndarray_iters(folder, batch=100, **kwargs):
@@ -239,3 +251,60 @@ def test_a_rolled_over_batch_trains_and_counts_every_real_row(synthetic_dir, tmp
             saved_params(tmp_path / "replayed", 3).values(),
         )
     )
+
+
+def test_mxnets_iterator_refuses_a_batch_that_workers_cannot_share_evenly(synthetic_dir):
+    with pytest.raises(ValueError, match="--batch-size 99 is not a multiple of 2"):
+        data.iterators(config(synthetic_dir, data_iter="mxnet", batch_size=99).resolved(),
+                       [mx.cpu()], np.random.RandomState(0), shard=(0, 2))
+    train, _ = data.iterators(config(synthetic_dir, data_iter="mxnet").resolved(), [mx.cpu()],
+                              np.random.RandomState(0), shard=(1, 2))
+    # Each worker reads its half of the 1050 samples, in its half of each batch of 100.
+    assert train.provide_data[0].shape[0] == 50 and sum(1 for _ in train) == 10
+
+
+@pytest.mark.slow
+def test_mxnets_iterator_over_two_workers_takes_the_global_batch_of_one_process(synthetic_dir,
+                                                                                tmp_path):
+    flags = ["--data-dir", synthetic_dir, "--data-iter", "mxnet", "--num-epochs", "1",
+             "--disp-batches", "1", "--plot-dir", "none", "--threads", "1"]
+    train = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
+    one = subprocess.run(train + flags, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [sys.executable, "-m", "harness.launch", "-n", "2", "-s", "1", "--timeout", "280", "--"]
+        + train + flags + ["--kv-store", "dist_sync"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+
+    def batches(out):
+        return [line.split()[3] for line in out.replace("\r", "\n").splitlines()
+                if line.startswith("epoch ") and " batch " in line]
+    # 1050 samples, batches of 100: 10 steps; two workers, each 50 of each batch, step 10 times.
+    assert batches(one.stdout)[-1] == batches(two.stdout)[-1] == "10/10"
+
+
+@pytest.mark.parametrize("wrap", ["prefetching", "prefetching-twice"])
+def test_a_rolled_over_batch_inside_a_prefetching_iterator_trains_every_real_row(
+        synthetic_dir, tmp_path, wrap):
+    # The same rows and steps as the NDArrayIter itself: its leftovers, reported as the next
+    # epoch's pad, are trained, and its batches are counted without a pass that moves its cursor.
+    train_x, train_y, test_x, test_y = load_mnist(synthetic_dir)
+    y = train_y.astype(np.float32)
+    test = mx.io.NDArrayIter(test_x, test_y.astype(np.float32), 230)
+
+    def rolled():
+        return mx.io.NDArrayIter(train_x, y, 100, last_batch_handle="roll_over")
+    wrapped = mx.io.PrefetchingIter(rolled())
+    if wrap == "prefetching-twice":
+        wrapped = mx.io.PrefetchingIter(wrapped)
+    histories = [train_mnist.train(config(synthetic_dir, model_prefix=str(tmp_path / name)), it,
+                                   test)
+                 for name, it in (("bare", rolled()), ("wrapped", wrapped))]
+    assert [r["train_loss"] for r in histories[0]] == [r["train_loss"] for r in histories[1]]
+    bare, wrapped = (saved_params(tmp_path / name, 3) for name in ("bare", "wrapped"))
+    assert all(np.array_equal(bare[name], wrapped[name]) for name in bare)
+
+
+def test_a_resize_iterator_is_counted_at_its_size():
+    inner = mx.io.NDArrayIter(np.zeros((10, 1), np.float32), np.zeros(10), 4)
+    assert data.batches_per_epoch(mx.io.ResizeIter(inner, 7), range(1, 3)) == {1: 7, 2: 7}
