@@ -118,8 +118,11 @@ def prepare(config, multiply_adds):
     )
     line = f"threads: {threads} ({why})" if use_threads(threads) else \
         "threads: those MXNet loaded with, before main() ran"
-    # Before MXNet starts its threads, which inherit it.
-    flush_denormals()
+    # Before MXNet starts its threads, which inherit it. Once they run, it would flush on this
+    # thread alone: numpy's update (harness/fast.py) would then round otherwise than MXNet's
+    # kernels, so a process that loaded MXNet first keeps subnormals everywhere.
+    if "mxnet" not in sys.modules:
+        flush_denormals()
     engine = choose_engine(config)
     if engine and "MXNET_ENGINE_TYPE" not in os.environ and "mxnet" not in sys.modules:
         # A user's own choice stands (checks.check_environment has checked it).
