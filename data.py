@@ -1,9 +1,5 @@
 """The data as MXNet iterators: the project's MNISTIter, resident on the devices, or MXNet's own."""
-import atexit
-import gzip
 import os
-import shutil
-import tempfile
 
 import mxnet as mx
 import numpy as np
@@ -27,7 +23,7 @@ def iterators(config, contexts, rng, shard=(0, 1), log=None):
     checks.check_batch(config.batch_size, counts[0], shard[1] * len(contexts))
     # What the data takes in memory, from the headers alone: refused before any of it is read.
     memory.check(memory.data_needs(counts[0], counts[2], len(contexts), config.data_iter))
-    *arrays, digests = idx_files.read(paths)
+    *arrays, digests = idx_files.read(paths, dataset)
     shape = (-1, *network.sample_shape(config.network))
     if config.data_iter == "mxnet":
         train, test = mxnet_iters(paths, config.batch_size, shape[1:], config.seed, shard)
@@ -44,7 +40,7 @@ def iterators(config, contexts, rng, shard=(0, 1), log=None):
 def load_mnist(data_dir=None, dataset="mnist"):
     """(train_images, train_labels, test_images, test_labels): (N, 784) float32 in [0, 1], int32."""
     paths = idx_files.find(datasets.DATASETS[dataset], data_dir)
-    train_x, train_y, test_x, test_y, _ = idx_files.read(paths)
+    train_x, train_y, test_x, test_y, _ = idx_files.read(paths, datasets.DATASETS[dataset])
     return to_floats(train_x), train_y, to_floats(test_x), test_y
 
 
@@ -108,14 +104,11 @@ def mxnet_iters(paths, batch_size, sample_shape, seed, shard=(0, 1)):
 
 
 def _raw_copies(paths):
-    """A private folder, removed at exit, of the four files raw, as MXNet's MNISTIter reads them."""
-    folder = tempfile.mkdtemp(prefix="mnist-raw-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    for path, name in zip(paths, datasets.FILES):
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as src, \
-                open(os.path.join(folder, name), "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return folder
+    """A private folder of the four files raw, as MXNet's MNISTIter reads them; gone at exit.
+
+    A killed run's folder is removed by the next run that makes one (harness/idx_files.py).
+    """
+    return idx_files.raw_copies(paths)
 
 
 class MNISTIter(mx.io.DataIter):

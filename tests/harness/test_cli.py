@@ -280,6 +280,21 @@ def test_script_errors_carry_no_traceback(tmp_path):
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.startswith("train_mnist.py: error: 4 of the 4 data files missing from")
+    assert run.stderr.endswith(", or name a folder that holds them with --data-dir or MNIST_DIR\n")
+
+
+def test_offline_the_error_names_every_way_to_give_the_data_in_one_line(capsys, monkeypatch,
+                                                                         tmp_path):
+    # Port 9 (discard) on loopback has no listener: the download is refused at once, as offline.
+    monkeypatch.setenv("MNIST_MIRROR", "http://127.0.0.1:9/")
+    code, out, err = run_cli(capsys, "--model-prefix", str(tmp_path / "m"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(
+        "train_mnist.py: error: could not download train-images-idx3-ubyte.gz from the mirror "
+        "(last: http://127.0.0.1:9/train-images-idx3-ubyte.gz: Connection refused); 4 of the 4 "
+        "data files missing from ")
+    assert err.endswith("name a folder that holds them with --data-dir or MNIST_DIR, or set "
+                        "MNIST_MIRROR to a mirror that serves them\n")
+    assert "downloading train-images-idx3-ubyte.gz from 127.0.0.1" in out.splitlines()
 
 
 def test_the_config_line_names_three_files_of_a_long_list_and_the_resume_command_all():
