@@ -189,9 +189,7 @@ def _fetch(url, file, folder, progress):
                 digests = _receive(response, out, folder, url, progress)
             _written(b"", out, folder)
         _verify(dataset, name, digests)
-        # mkstemp makes it owner-only; the cache is shared like any download.
-        os.chmod(part, 0o644)
-        os.replace(part, os.path.join(folder, name + ".gz"))
+        _put_in_place(part, os.path.join(folder, name + ".gz"))
     except BaseException:
         _remove(part)
         raise
@@ -243,6 +241,19 @@ def _written(chunk, out, folder):
         raise WriteError(f"cannot download into {folder}: {err.strerror or err}") from None
 
 
+def _put_in_place(part, target):
+    """Rename the verified part file to target, readable by all as any download is.
+
+    mkstemp made it owner-only. An OSError here is the folder's: a WriteError.
+    """
+    try:
+        os.chmod(part, 0o644)
+        os.replace(part, target)
+    except OSError as err:
+        raise WriteError(f"cannot download into {os.path.dirname(target)}: "
+                         f"{err.strerror or err}") from None
+
+
 def _content_length(response):
     """The body's size that the server announces, or None if it announces none it can keep."""
     try:
@@ -280,6 +291,7 @@ class _Digests:
         self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def update(self, chunk):
+        """Take in the next chunk of the stream."""
         self.raw.update(chunk)
         self.size += len(chunk)
         data = chunk
@@ -300,6 +312,7 @@ class _Digests:
             raise ValueError(f"the file served is not gzip data ({err})") from None
 
     def finish(self):
+        """Raise ValueError unless the stream held something and ended where its gzip data ends."""
         if not self.size:
             raise ValueError("the file served is empty")
         if not self.inflate.eof:

@@ -246,6 +246,7 @@ class _DownloadProgress:
         self.started = self.shown = None
 
     def waiting(self, folder):
+        """Show that this process waits for another one that downloads into folder."""
         self.log(f"waiting for another process that is downloading into {folder}")
 
     def update(self, url, done, total, final):
