@@ -153,7 +153,7 @@ def serve():
 
     def start(payloads, mode="good"):
         server = _Mirror(payloads, mode)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return server
     yield start
