@@ -1,9 +1,5 @@
 """The data as MXNet iterators: the project's MNISTIter, resident on the devices, or MXNet's own."""
-import atexit
-import gzip
 import os
-import shutil
-import tempfile
 
 import mxnet as mx
 import numpy as np
@@ -28,7 +24,7 @@ def iterators(config, contexts, rng, shard=(0, 1), log=None):
     checks.check_batch(config.batch_size, counts[0], shard[1] * len(contexts))
     # What the data takes in memory, from the headers alone: refused before any of it is read.
     memory.check(memory.data_needs(counts[0], counts[2], len(contexts), config.data_iter))
-    *arrays, digests = idx_files.read(paths)
+    *arrays, digests = idx_files.read(paths, dataset)
     shape = (-1, *network.sample_shape(config.network))
     if config.data_iter == "mxnet":
         # Each worker's MXNet iterator reads its own part of the set, in its share of each batch.
@@ -105,28 +101,22 @@ def mxnet_iters(paths, batch_size, sample_shape, seed, shard=(0, 1)):
     batch, so the test set is read in the largest batch up to EVAL_CHUNK that divides it: every
     test sample is scored.
     """
-    folder = _raw_copies(paths)
-    raw = [os.path.join(folder, name) for name in datasets.FILES]
-    flat = len(sample_shape) == 1
-    test_count = idx_files.sample_counts(paths)[2]
-    test_batch = max(d for d in range(1, min(EVAL_CHUNK, test_count) + 1) if test_count % d == 0)
-    train = mx.io.MNISTIter(image=raw[0], label=raw[1], batch_size=batch_size, flat=flat,
-                            silent=True, shuffle=True, seed=seed, part_index=shard[0],
-                            num_parts=shard[1])
-    test = mx.io.MNISTIter(image=raw[2], label=raw[3], batch_size=test_batch, flat=flat,
-                           silent=True, shuffle=False)
+    folder = idx_files.raw_copies(paths)
+    try:
+        raw = [os.path.join(folder, name) for name in datasets.FILES]
+        flat = len(sample_shape) == 1
+        test_count = idx_files.sample_counts(paths)[2]
+        test_batch = max(d for d in range(1, min(EVAL_CHUNK, test_count) + 1)
+                         if test_count % d == 0)
+        train = mx.io.MNISTIter(image=raw[0], label=raw[1], batch_size=batch_size, flat=flat,
+                                silent=True, shuffle=True, seed=seed, part_index=shard[0],
+                                num_parts=shard[1])
+        test = mx.io.MNISTIter(image=raw[2], label=raw[3], batch_size=test_batch, flat=flat,
+                               silent=True, shuffle=False)
+    finally:
+        # MXNet's iterator reads its files as it is made: the copies are not needed past here.
+        idx_files.remove_raw_copies(folder)
     return train, test
-
-
-def _raw_copies(paths):
-    """A private folder, removed at exit, of the four files raw, as MXNet's MNISTIter reads them."""
-    folder = tempfile.mkdtemp(prefix="mnist-raw-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    for path, name in zip(paths, datasets.FILES):
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as src, \
-                open(os.path.join(folder, name), "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return folder
 
 
 class MNISTIter(mx.io.DataIter):

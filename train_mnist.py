@@ -222,11 +222,9 @@ def main(argv=None):
     program = os.path.basename(__file__)
     rates = ", ".join(f"{name} {kind.default_learning_rate:g}" for name, kind in OPTIMIZERS.items())
     with signals.guard(), errors.reported(program) as outcome:
-        config, notices = cli.parse(Config, argv, program, __doc__, notes={"lr": rates})
+        config = cli.parse(Config, argv, program, __doc__, notes={"lr": rates})
         console = report.Console(sys.stdout)
         console.line(cpu.prepare(config, network.multiply_adds(config.network, config.num_hidden)))
-        for notice in notices:
-            console.line(notice)
         if config.evaluate:
             score(config, console.line)
         elif config.export_onnx or config.predict:

@@ -1,6 +1,7 @@
 """The command line, generated from a config dataclass: a flag per field, with its comment."""
 # Imports nothing heavy: the config is parsed and checked before MXNet loads.
 import argparse
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -10,38 +11,51 @@ import sys
 import textwrap
 import typing
 
+from harness import example_flags
 from harness.checks import flag
 
-# Old flag -> the field that replaced it; the old one still works, with a notice.
-RENAMED = {"--loss": "gradient"}
+_EPILOG = (
+    "Flags of MXNet's train_mnist.py and PyTorch's examples/mnist that mean the same here are "
+    "taken too (each is named after 'also'); any other of theirs is answered with this trainer's "
+    "way to the same thing."
+)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but an error is one line (the usage is one --help away)."""
-    # With the nearest flag to a typo.
+    """argparse, but an error is one line (the usage is one --help away), with a way on.
+
+    A flag of MXNet's or PyTorch's MNIST example that this trainer lacks is answered with its way to
+    the same thing (example_flags.ANSWERS); any other unknown flag gets the nearest flag, if one is
+    near.
+    """
 
     def error(self, message):
         unknown = message.split("unrecognized arguments: ", 1)
         if len(unknown) == 2:
-            message += _suggestion(unknown[1].split()[0], self._option_string_actions)
+            words = unknown[1].split()
+            answers = [line for line in map(example_flags.answer, words) if line]
+            if answers:
+                message = answers[0]
+            else:
+                message += _suggestion(words[0], self._option_string_actions)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse(config_class, argv=None, prog=None, description=None, notes=None):
-    """(config_class instance, notices) from argv."""
-    # Exit 2 with one line on an unknown flag or a bad value.
-    # notes: field name -> text appended to its help, for facts the comment cannot hold (computed
-    # defaults). notices: lines to show, such as that a renamed flag was used.
-    parser = Parser(prog=prog, description=description, allow_abbrev=False)
+    """An instance of config_class from argv (sys.argv's words by default).
+
+    Exits 2 with one line on an unknown flag or a bad value. notes: field name -> text added to its
+    help, for facts its comment cannot hold (computed defaults).
+    """
+    parser = Parser(prog=prog, description=description, epilog=_EPILOG, allow_abbrev=False,
+                    formatter_class=_Formatter)
     comments = _comments(config_class)
     for field in dataclasses.fields(config_class):
-        note = f" ({notes[field.name]})" if field.name in (notes or {}) else ""
-        _add_flag(parser, field, comments.get(field.name, "") + note)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv, notices = _renamed(argv)
-    args = parser.parse_args(argv)
+        extras = [notes[field.name]] if field.name in (notes or {}) else []
+        _add_flag(parser, field, comments.get(field.name, ""), extras)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return config_class(**vars(args)), notices
+        return config_class(**vars(args))
     except ValueError as err:
         parser.error(str(err))
 
@@ -66,30 +80,24 @@ def summary(config, width=80):
     )
 
 
-def _renamed(argv):
-    """argv with each renamed flag replaced by its new name, and a notice for each."""
-    out, notices = [], []
-    for word in argv:
-        name, equals, value = word.partition("=")
-        if name in RENAMED:
-            new = flag(RENAMED[name])
-            notices.append(f"notice: {name} is now {new} (the loss's gradient); {name} still works")
-            word = new + equals + value
-        out.append(word)
-    return out, notices
-
-
 def _suggestion(word, options):
-    name = word.split("=", 1)[0]
-    close = difflib.get_close_matches(
-        name, [o for o in options if o.startswith("--")], n=1, cutoff=0.6
-    )
+    """' (did you mean --flag?)' for the flag nearest to word, or '' if none is near.
+
+    The flags are options' and those of the examples that example_flags answers: a typo of one of
+    these gets its answer. Names are compared without their dashes, which every flag shares.
+    """
+    if not word.startswith("-"):
+        return ""
+    name = word.split("=", 1)[0].lstrip("-")
+    known = {o.lstrip("-"): o for o in [*options, *example_flags.ANSWERS] if o.startswith("--")}
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    # --hidden for --num-hidden: the flag that ends like it.
+    close = close or [other for other in known if other.endswith("-" + name)][:1]
     if not close:
-        # --epochs for --num-epochs: the flag that ends like it.
-        close = [o for o in options if o.startswith("--") and o.endswith("-" + name.lstrip("-"))][
-            :1
-        ]
-    return f" (did you mean {close[0]}?)" if close else ""
+        return ""
+    nearest = known[close[0]]
+    answer = example_flags.answer(nearest)
+    return f" (did you mean {nearest}? {answer})" if answer else f" (did you mean {nearest}?)"
 
 
 def _changed(config, most=None):
@@ -116,52 +124,64 @@ def _typed(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _add_flag(parser, field, comment):
+def _add_flag(parser, field, comment, extras):
+    """Add field's flag to parser, with its aliases; its help: comment, then extras in brackets."""
     kind, default = field.type, field.default
-    choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
-    shown = (
-        f" (default: {_typed(default)})"
-        if default not in ("", None, ()) and kind is not bool
-        else ""
-    )
-    name = flag(field.name)
+    aliases = [alias for alias, target in example_flags.ALIASES.items() if target == field.name]
     if kind is bool:
-        if default:
-            # --fast, on by default, is turned off with --no-fast (by hand: Python 3.8's argparse
-            # lacks BooleanOptionalAction).
-            parser.add_argument(name, dest=field.name, default=default, action="store_true",
-                                help=_escape(comment + " (default: on)"))
-            parser.add_argument("--no-" + name[2:], dest=field.name, action="store_false",
-                                help=argparse.SUPPRESS)
-        else:
-            # A switch off by default is just --resume.
-            parser.add_argument(name, default=default, action="store_true", help=_escape(comment))
-    elif choices:
-        parser.add_argument(
-            name,
-            default=default,
-            choices=choices,
-            metavar="{" + ",".join(choices) + "}",
-            help=_escape(comment + shown),
-        )
+        _add_switch(parser, field, comment, extras, aliases)
+        return
+    shown = [f"default: {_typed(default)}"] if default not in ("", None, ()) else []
+    text = _help(comment, extras + shown + [f"also {alias}" for alias in aliases])
+    choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+    if choices:
+        options = dict(choices=choices, metavar="{" + ",".join(choices) + "}")
     elif kind is float and default is None:
-        parser.add_argument(name, default=default, type=_optional_float, metavar="FLOAT",
-                            help=_escape(comment + shown))
+        options = dict(type=_optional_float, metavar="FLOAT")
     elif kind in (int, float, str):
-        parser.add_argument(name, default=default, type=kind, metavar=kind.__name__.upper(),
-                            help=_escape(comment + shown))
+        options = dict(type=kind, metavar=kind.__name__.upper())
     elif kind == typing.Tuple[int, ...]:
-        parser.add_argument(name, default=default, type=_int_tuple, metavar="N,N",
-                            help=_escape(comment + shown))
+        options = dict(type=_int_tuple, metavar="N,N")
     elif kind == typing.Tuple[str, ...]:
-        parser.add_argument(name, default=default, type=str, nargs="+", metavar="FILE",
-                            help=_escape(comment + shown))
+        options = dict(type=str, nargs="+", metavar="FILE")
     else:
         raise TypeError(f"{field.name}: no command-line form for {kind}")
+    parser.add_argument(flag(field.name), *aliases, dest=field.name, default=default, help=text,
+                        **options)
 
 
-def _escape(text):
-    # argparse %-formats help strings.
+def _add_switch(parser, field, comment, extras, aliases):
+    """Add a bool field's switch: --resume; one on by default also gets --no-fast to turn it off.
+
+    Python 3.8's argparse lacks BooleanOptionalAction, so the --no- form is added by hand. An alias
+    takes a value, 1 for on or 0 for off, as MXNet's --test-io does.
+    """
+    name = flag(field.name)
+    notes = extras + (["default: on"] if field.default else []) + [f"also {a} 1" for a in aliases]
+    parser.add_argument(name, dest=field.name, default=field.default, action="store_true",
+                        help=_help(comment, notes))
+    if field.default:
+        parser.add_argument("--no-" + name[2:], dest=field.name, action="store_false",
+                            help=argparse.SUPPRESS)
+    for alias in aliases:
+        parser.add_argument(alias, dest=field.name, type=_on_or_off, metavar="{0,1}",
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, with each flag under its own name alone: its aliases follow 'also'."""
+
+    def _format_action_invocation(self, action):
+        own = [name for name in action.option_strings if name not in example_flags.ALIASES]
+        if own != action.option_strings:
+            action = copy.copy(action)
+            action.option_strings = own
+        return super()._format_action_invocation(action)
+
+
+def _help(comment, notes):
+    """comment, then notes in brackets, escaped for argparse's %-formatting."""
+    text = comment + (f" ({'; '.join(notes)})" if notes else "")
     return text.replace("%", "%%")
 
 
@@ -179,6 +199,13 @@ def _comments(config_class):
         else:
             pending = []
     return comments
+
+
+def _on_or_off(text):
+    """A switch's value given as a number, as MXNet's examples give theirs: 1 on, 0 off."""
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 1 (on) or 0 (off), got {text!r}")
+    return text == "1"
 
 
 def _optional_float(text):

@@ -97,3 +97,16 @@ KMNIST = Dataset(
 )
 
 DATASETS = {dataset.name: dataset for dataset in (MNIST, FASHION_MNIST, KMNIST)}
+
+
+def known_file(digest):
+    """(data set, file name) of the published file whose SHA-256 is digest, or None.
+
+    A digest of either kind: of the decompressed content, or of the .gz file where only those are
+    published (gz=True).
+    """
+    for dataset in DATASETS.values():
+        for name, published in dataset.sha256.items():
+            if published == digest:
+                return dataset, name
+    return None

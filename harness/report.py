@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 import time
+import urllib.parse
 
 from harness import files, signals
 
@@ -226,18 +227,47 @@ def _parsed(line):
     return value if isinstance(value, dict) else None
 
 
-def download_progress(log):
-    """A progress callback for a download that logs a line per tenth of a file; None without log."""
-    if log is None:
-        return None
-    shown = {}
+def download_progress(log, every=10.0, clock=time.monotonic):
+    """What downloads show through log(line), as they run; None without log.
 
-    def progress(name, done, total):
-        tenth = done * 10 // total if total else 0
-        if shown.get(name) != tenth:
-            shown[name] = tenth
-            log(f"downloading {name}.gz: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
-    return progress
+    A line as each file's download begins, naming the file and its server; while it runs, a line
+    at most every `every` seconds (of clock) with how much has come, of how much if the server said,
+    and how fast; a line when the file is in place, verified; and a line when the process waits for
+    another one that downloads into the same folder. Each line fits 80 columns but for a long name.
+    """
+    return None if log is None else _DownloadProgress(log, every, clock)
+
+
+class _DownloadProgress:
+    """download_progress's lines: its waiting(folder) and update(url, done, total, final)."""
+
+    def __init__(self, log, every, clock):
+        self.log, self.every, self.clock = log, every, clock
+        self.started = self.shown = None
+
+    def waiting(self, folder):
+        """Show that this process waits for another one that downloads into folder."""
+        self.log(f"waiting for another process that is downloading into {folder}")
+
+    def update(self, url, done, total, final):
+        """Show that url's download has brought done bytes of total (None: unknown); final: all."""
+        name, now = url.rsplit("/", 1)[-1], self.clock()
+        if final:
+            self.log(f"downloaded {name}: {done / 1e6:.1f} MB, verified")
+        elif done == 0:
+            self.started = now
+            host = urllib.parse.urlsplit(url).hostname or url
+            line = f"downloading {name} from {host}"
+            # A long host name goes on a line of its own.
+            for part in [line] if len(line) <= 80 else [f"downloading {name}", f"  from {host}"]:
+                self.log(part)
+        elif now - self.shown >= self.every:
+            of = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+            speed = done / 1e3 / max(now - self.started, 1e-9)
+            self.log(f"downloading {name}: {of}, {speed:.0f} kB/s")
+        else:
+            return
+        self.shown = now
 
 
 def pictures_folder(config):

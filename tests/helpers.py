@@ -6,6 +6,7 @@ import struct
 import numpy as np
 
 import train_mnist
+from harness import idx_files
 from harness.datasets import FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +35,19 @@ def write_idx(folder, name, payload, compress=True):
     with (gzip.open if compress else open)(path, "wb") as f:
         f.write(payload)
     return path
+
+
+def read_images(path):
+    """The (N, 784) uint8 pixels of one IDX image file, raw or .gz, read as idx_files.read reads it.
+
+    DataError if it is not one.
+    """
+    return idx_files._read_images(path)[0]
+
+
+def read_labels(path):
+    """The (N,) int32 labels, each in 0..9, of one IDX label file, raw or .gz; else DataError."""
+    return idx_files._read_labels(path)[0]
 
 
 def synthetic_arrays(num_train=1050, num_test=230, seed=0):

@@ -118,7 +118,7 @@ def test_training_on_synthetic_data_learns_and_logs(synthetic_dir, tmp_path):
     assert lines[:len(shown)] == shown and len(lines) == len(shown) + 5
     assert all(len(line) <= 80 or " " not in line.strip() for line in lines)
     words = shlex.split(" ".join(line[8:] for line in shown))
-    assert cli.parse(train_mnist.Config, words)[0] == dataclasses.replace(settings, lr=0.1)
+    assert cli.parse(train_mnist.Config, words) == dataclasses.replace(settings, lr=0.1)
     epochs = lines[len(shown):]
     assert (
         epochs[0].startswith("epoch   1  train loss ")

@@ -22,7 +22,7 @@ def test_every_config_field_is_a_flag_with_its_comment_and_a_readable_default(ca
         assert checks.flag(field.name) in out, field.name
     for flag, shown in [
         ("--batch-size INT", "(default: 100)"),
-        ("--num-epochs INT", "(default: 15)"),
+        ("--num-epochs INT", "(default: 15;"),
         ("--num-hidden N,N", "(default: 128,64)"),
         ("--seed INT", "(default: 42)"),
         ("--mom FLOAT", "(default: 0.0)"),
@@ -40,11 +40,11 @@ def test_every_config_field_is_a_flag_with_its_comment_and_a_readable_default(ca
     ["--optimizer", "adam", "--model-prefix", "runs/a b", "--resume", "--lr-scheduler", "cosine"],
     ["--model-prefix", "p", "--load-epoch", "2", "--predict", "a.png", "b c.jpg"]])
 def test_the_command_line_of_a_config_parses_back_to_it(argv):
-    config, _ = cli.parse(train_mnist.Config, argv)
+    config = cli.parse(train_mnist.Config, argv)
     words = shlex.split(cli.command_line(config, "train_mnist.py"))
     # The interpreter that is running, not `python`.
     assert words[:2] == [sys.executable, "train_mnist.py"]
-    assert cli.parse(train_mnist.Config, words[2:])[0] == config
+    assert cli.parse(train_mnist.Config, words[2:]) == config
 
 
 def test_a_config_made_in_python_is_checked_too():
@@ -80,7 +80,8 @@ def test_every_type_of_config_field_is_checked_and_an_int_passes_for_a_float():
 @pytest.mark.parametrize("argv, expected", [
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     (["--num-epoch", "3"], "unrecognized arguments: --num-epoch 3 (did you mean --num-epochs?)"),
-    (["--epochs", "3"], "(did you mean --num-epochs?)"),
+    (["--epochs", "0"], "--num-epochs must be in 1..9999"),
+    (["--hidden", "3"], "(did you mean --num-hidden?)"),
     (["--batchsize", "3"], "(did you mean --batch-size?)"),
     (["--lr", "fast"], "argument --lr: expected a number, or nothing for the default; got 'fast'"),
     (["--num-epochs", "1.5"], "invalid int value: '1.5'"),
@@ -116,34 +117,8 @@ def test_bad_flags_are_one_line_and_exit_2(capsys, argv, expected):
 
 
 def test_an_empty_lr_is_the_optimizers_own_as_the_help_says(capsys):
-    config, _ = cli.parse(train_mnist.Config, ["--lr", "", "--optimizer", "adam"])
+    config = cli.parse(train_mnist.Config, ["--lr", "", "--optimizer", "adam"])
     assert config.lr is None and config.resolved().lr == 0.001
-
-
-def test_the_old_name_of_gradient_still_works_with_a_notice(capsys, synthetic_dir):
-    config, notices = cli.parse(train_mnist.Config, ["--loss", "manual"])
-    assert config.gradient == "manual" and notices == [
-        "notice: --loss is now --gradient (the loss's gradient); --loss still works"]
-    config, _ = cli.parse(train_mnist.Config, ["--loss=manual"])
-    assert config.gradient == "manual"
-    code, out, err = run_cli(
-        capsys,
-        "--data-dir",
-        synthetic_dir,
-        "--loss",
-        "manual",
-        "--num-epochs",
-        "1",
-        "--num-hidden",
-        "32,16",
-        "--disp-batches",
-        "0",
-    )
-    assert (
-        code == 0
-        and err == ""
-        and out.splitlines()[1].startswith("notice: --loss is now --gradient")
-    )
 
 
 @pytest.mark.parametrize(
@@ -305,6 +280,21 @@ def test_script_errors_carry_no_traceback(tmp_path):
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.startswith("train_mnist.py: error: 4 of the 4 data files missing from")
+    assert run.stderr.endswith(", or name a folder that holds them with --data-dir or MNIST_DIR\n")
+
+
+def test_offline_the_error_names_every_way_to_give_the_data_in_one_line(capsys, monkeypatch,
+                                                                         tmp_path):
+    # Port 9 (discard) on loopback has no listener: the download is refused at once, as offline.
+    monkeypatch.setenv("MNIST_MIRROR", "http://127.0.0.1:9/")
+    code, out, err = run_cli(capsys, "--model-prefix", str(tmp_path / "m"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(
+        "train_mnist.py: error: could not download train-images-idx3-ubyte.gz from the mirror "
+        "(last: http://127.0.0.1:9/train-images-idx3-ubyte.gz: Connection refused); 4 of the 4 "
+        "data files missing from ")
+    assert err.endswith("name a folder that holds them with --data-dir or MNIST_DIR, or set "
+                        "MNIST_MIRROR to a mirror that serves them\n")
+    assert "downloading train-images-idx3-ubyte.gz from 127.0.0.1" in out.splitlines()
 
 
 def test_the_config_line_names_three_files_of_a_long_list_and_the_resume_command_all():

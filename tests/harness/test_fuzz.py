@@ -6,9 +6,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import idx_files
 from harness.errors import DataError
-from helpers import idx_bytes
+from helpers import idx_bytes, read_images, read_labels
 
 _IMAGES = idx_bytes(np.random.RandomState(0).randint(0, 256, size=(3, 28, 28)).astype(np.uint8))
 _LABELS = idx_bytes(np.array([1, 9, 0], dtype=np.uint8))
@@ -34,8 +33,8 @@ def _check(path, reader, raw):
     except DataError as err:
         assert str(err) and "\n" not in str(err)
         return
-    assert array.ndim == 2 if reader is idx_files.read_images else array.ndim == 1
-    if reader is idx_files.read_images:
+    assert array.ndim == 2 if reader is read_images else array.ndim == 1
+    if reader is read_images:
         assert array.shape[1] == 784 and array.dtype == np.uint8
     else:
         assert array.dtype == np.int32 and (
@@ -52,18 +51,18 @@ _fuzz = settings(
 @given(edits=_edits, cut=_cut, extra=_extra, header_only=st.booleans())
 def test_mutated_image_files(tmp_path, edits, cut, extra, header_only):
     edits = [(p % 16, v) for p, v in edits] if header_only else edits
-    _check(tmp_path / "images", idx_files.read_images, _mutate(_IMAGES, edits, cut, extra))
+    _check(tmp_path / "images", read_images, _mutate(_IMAGES, edits, cut, extra))
 
 
 @_fuzz
 @given(edits=_edits, cut=st.one_of(st.none(), st.integers(0, len(_LABELS))), extra=_extra)
 def test_mutated_label_files(tmp_path, edits, cut, extra):
-    _check(tmp_path / "labels", idx_files.read_labels, _mutate(_LABELS, edits, cut, extra))
+    _check(tmp_path / "labels", read_labels, _mutate(_LABELS, edits, cut, extra))
 
 
 @_fuzz
 @given(edits=_edits, cut=st.one_of(st.none(), st.integers(0, 200)), extra=_extra)
 def test_mutated_gzip_files(tmp_path, edits, cut, extra):
     packed = gzip.compress(_IMAGES)
-    _check(tmp_path / "images.gz", idx_files.read_images, _mutate(packed, edits, cut, extra))
+    _check(tmp_path / "images.gz", read_images, _mutate(packed, edits, cut, extra))
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]

@@ -2,6 +2,10 @@
 import gzip
 import hashlib
 import os
+import resource
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,8 +15,10 @@ from harness.errors import DataError
 from helpers import (
     BAD_DATA,
     REAL_MNIST,
+    ROOT,
     corrupt,
     idx_bytes,
+    read_images,
     synthetic_arrays,
     write_idx,
     write_mnist,
@@ -126,7 +132,7 @@ def test_a_header_that_promises_too_much_is_refused_before_allocating(tmp_path):
     )
     path = write_idx(str(tmp_path), "images", header)
     with pytest.raises(DataError, match="promises 5,000,000 samples"):
-        idx_files.read_images(path)
+        read_images(path)
 
 
 def header_dims():
@@ -165,7 +171,180 @@ def test_real_mnist_loads_and_matches_the_published_checksums():
     for name in datasets.FILES:
         with gzip.open(os.path.join(REAL_MNIST, name + ".gz")) as f:
             assert hashlib.sha256(f.read()).hexdigest() == datasets.MNIST.sha256[name]
-    train_x, train_y, test_x, test_y, digests = _read(REAL_MNIST)
+    paths = idx_files.find(datasets.MNIST, REAL_MNIST)
+    train_x, train_y, test_x, test_y, digests = idx_files.read(paths, datasets.MNIST)
     assert digests == datasets.MNIST.sha256
     assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
     assert np.bincount(train_y).min() > 5000 and set(np.unique(test_y)) == set(range(10))
+
+
+def _publish(monkeypatch, dataset, arrays):
+    """Make arrays' content dataset's published files, as far as the sums tell."""
+    for name, array in zip(datasets.FILES, arrays):
+        monkeypatch.setitem(dataset.sha256, name, hashlib.sha256(idx_bytes(array)).hexdigest())
+
+
+def test_a_folder_that_holds_another_published_data_set_is_refused_naming_it(tmp_path,
+                                                                             monkeypatch):
+    arrays = write_mnist(str(tmp_path))
+    _publish(monkeypatch, datasets.FASHION_MNIST, arrays)
+    paths = idx_files.find(datasets.MNIST, str(tmp_path))
+    with pytest.raises(DataError) as err:
+        idx_files.read(paths, datasets.MNIST)
+    assert str(err.value) == (f"{tmp_path} holds fashion-mnist, not mnist: run with --dataset "
+                              "fashion-mnist, or give mnist's files")
+    assert len(idx_files.read(paths, datasets.FASHION_MNIST)[0]) == 1050
+    # Files that match no published set are the user's own: read as the set named.
+    own = tmp_path / "own"
+    own.mkdir()
+    write_mnist(str(own), synthetic_arrays(seed=1))
+    assert len(idx_files.read(idx_files.find(datasets.MNIST, str(own)), datasets.MNIST)[0]) == 1050
+
+
+def test_a_split_under_another_files_name_is_refused_naming_what_each_holds(tmp_path,
+                                                                            monkeypatch):
+    train_x, train_y, test_x, test_y = synthetic_arrays()
+    _publish(monkeypatch, datasets.MNIST, [train_x, train_y, test_x, test_y])
+    # The test set under the training set's names: it would be trained on, then scored.
+    write_mnist(str(tmp_path), [test_x, test_y, test_x, test_y])
+    with pytest.raises(DataError) as err:
+        idx_files.read(idx_files.find(datasets.MNIST, str(tmp_path)), datasets.MNIST)
+    assert str(err.value) == (
+        f"{tmp_path}: train-images-idx3-ubyte is mnist's t10k-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte is mnist's t10k-labels-idx1-ubyte; --dataset mnist takes "
+        "mnist's own four files, each under its own name")
+
+
+def test_a_data_set_known_by_its_gz_files_sums_is_recognised_by_them(tmp_path, monkeypatch):
+    write_mnist(str(tmp_path))
+    paths = idx_files.find(datasets.MNIST, str(tmp_path))
+    for name, path in zip(datasets.FILES, paths):
+        with open(path, "rb") as f:
+            monkeypatch.setitem(datasets.KMNIST.sha256, name, hashlib.sha256(f.read()).hexdigest())
+    with pytest.raises(DataError, match=f"^{tmp_path} holds kmnist, not mnist: run with --dataset "
+                                        "kmnist, or give mnist's files$"):
+        idx_files.read(paths, datasets.MNIST)
+    assert len(idx_files.read(paths, datasets.KMNIST)[0]) == 1050
+    # Uncompressed, the same data is not recognised: only the .gz files' sums are known.
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_mnist(str(raw), compress=False)
+    assert len(idx_files.read(idx_files.find(datasets.MNIST, str(raw)), datasets.MNIST)[0]) == 1050
+
+
+@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
+def test_fashion_mnist_asked_of_the_mnist_folder_is_one_line_naming_mnist(capsys, tmp_path):
+    from helpers import run_cli
+    code, out, err = run_cli(capsys, "--dataset", "fashion-mnist", "--data-dir", REAL_MNIST,
+                             "--model-prefix", str(tmp_path / "m"))
+    assert code == 2 and err == (f"train_mnist.py: error: {REAL_MNIST} holds mnist, not "
+                                 "fashion-mnist: run with --dataset mnist, or give fashion-mnist's "
+                                 "files\n")
+    assert "epoch" not in out and os.listdir(tmp_path) == []
+
+
+def _raw_folders(parent):
+    return sorted(name for name in os.listdir(parent) if name.startswith("mnist-raw-"))
+
+
+def test_raw_copies_are_the_files_content_in_a_private_folder_that_holds_a_lock(
+        synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    paths = idx_files.find(datasets.MNIST, synthetic_dir)
+    folder = idx_files.raw_copies(paths)
+    assert os.path.dirname(folder) == str(tmp_path)
+    assert sorted(os.listdir(folder)) == sorted([".owner.lock", *datasets.FILES])
+    for path, name in zip(paths, datasets.FILES):
+        with gzip.open(path) as f, open(os.path.join(folder, name), "rb") as raw:
+            assert f.read() == raw.read()
+    # This process lives: another call leaves its folder alone.
+    second = idx_files.raw_copies(paths)
+    assert _raw_folders(tmp_path) == sorted(os.path.basename(f) for f in (folder, second))
+
+
+def test_a_raw_folder_whose_process_is_gone_is_removed_by_the_next_and_nothing_else(
+        synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    orphan, unlocked, other = (tmp_path / "mnist-raw-orphan", tmp_path / "mnist-raw-being-made",
+                               tmp_path / "other-raw")
+    for folder in (orphan, unlocked, other):
+        folder.mkdir()
+        (folder / datasets.FILES[0]).write_bytes(b"x" * 1000)
+    (orphan / ".owner.lock").write_bytes(b"")
+    (other / ".owner.lock").write_bytes(b"")
+    os.symlink(str(orphan), str(tmp_path / "mnist-raw-link"))
+    folder = idx_files.raw_copies(idx_files.find(datasets.MNIST, synthetic_dir))
+    assert not orphan.exists() and unlocked.exists() and other.exists()
+    assert _raw_folders(tmp_path) == sorted(["mnist-raw-being-made", "mnist-raw-link",
+                                             os.path.basename(folder)])
+
+
+# A process that makes raw copies of the files in argv[2] in the temporary folder argv[3], prints
+# the folder, and waits for a line on stdin before it exits.
+_RAW_DRIVER = """
+import sys, tempfile
+sys.path.insert(0, sys.argv[1])
+tempfile.tempdir = sys.argv[3]
+from harness import datasets, errors, idx_files
+with errors.reported("raw") as outcome:
+    print(idx_files.raw_copies(idx_files.find(datasets.MNIST, sys.argv[2])), flush=True)
+    sys.stdin.readline()
+sys.exit(outcome.code)
+"""
+
+
+def _raw_process(synthetic_dir, parent, limit=None):
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return subprocess.Popen([sys.executable, "-c", _RAW_DRIVER, ROOT, synthetic_dir, str(parent)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=limited if limit else None)
+
+
+def test_raw_copies_are_gone_when_their_process_ends(synthetic_dir, tmp_path):
+    process = _raw_process(synthetic_dir, tmp_path)
+    folder = process.stdout.readline().strip()
+    assert os.path.isdir(folder) and len(os.listdir(folder)) == 5
+    _, err = process.communicate("\n", timeout=60)
+    assert process.returncode == 0 and err == "" and _raw_folders(tmp_path) == []
+
+
+def test_raw_copies_onto_a_full_disk_are_one_line_and_leave_nothing(synthetic_dir, tmp_path):
+    # A file size limit makes a write fail with EFBIG, as a full disk fails it.
+    process = _raw_process(synthetic_dir, tmp_path, limit=100_000)
+    out, err = process.communicate("\n", timeout=60)
+    assert process.returncode == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"raw: error: cannot write the raw copies for MXNet's iterator into "
+                          f"{tmp_path}{os.sep}mnist-raw-") and err.endswith(": File too large\n")
+    assert _raw_folders(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_raw_copies_of_a_killed_process_are_removed_by_the_next_that_makes_some(
+        synthetic_dir, tmp_path, monkeypatch):
+    process = _raw_process(synthetic_dir, tmp_path)
+    killed = os.path.basename(process.stdout.readline().strip())
+    process.kill()
+    process.communicate(timeout=60)
+    assert _raw_folders(tmp_path) == [killed]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = idx_files.raw_copies(idx_files.find(datasets.MNIST, synthetic_dir))
+    assert _raw_folders(tmp_path) == [os.path.basename(mine)]
+
+
+@pytest.mark.slow
+def test_a_run_on_mxnets_iterator_killed_in_training_leaves_no_raw_copies(synthetic_dir, tmp_path):
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    env = dict(os.environ, TMPDIR=str(parent))
+    argv = [sys.executable, "train_mnist.py", "--data-dir", synthetic_dir, "--data-iter", "mxnet",
+            "--num-hidden", "32,16", "--disp-batches", "1", "--batch-size", "10"]
+    run = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    # Training has begun: MXNet's iterators were made from the raw copies, which have read them.
+    for line in run.stdout:
+        if line.startswith("epoch"):
+            break
+    run.kill()
+    run.communicate(timeout=60)
+    assert _raw_folders(parent) == []
