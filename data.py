@@ -15,9 +15,11 @@ EVAL_CHUNK = 10_000
 
 
 def iterators(config, contexts, rng, shard=(0, 1), log=None):
-    """The training and test iterators of config's dataset: MNISTIters on contexts, or MXNet's."""
-    # rng shuffles the training set each epoch; shard is (this worker's index, the number of
-    # workers), who split every global batch of config.batch_size. log(line) shows downloads.
+    """The training and test iterators of config's dataset: MNISTIters on contexts, or MXNet's.
+
+    rng shuffles the training set each epoch; shard is (this worker's index, the number of workers),
+    who split every global batch of config.batch_size. log(line) shows downloads.
+    """
     dataset = datasets.DATASETS[config.dataset]
     paths = idx_files.find(dataset, config.data_dir or None, progress=report.download_progress(log))
     counts = idx_files.sample_counts(paths)
@@ -177,9 +179,11 @@ class MNISTIter(mx.io.DataIter):
 
 
 class MNISTBatch(mx.io.DataBatch):
-    """One batch of an MNISTIter: positions start to start + rows of the epoch's order."""
-    # samples: the batch's samples over all workers. gather_into() puts some of the rows into a
-    # device's own arrays; data and label gather the whole padded batch on the first device.
+    """One batch of an MNISTIter: positions start to start + rows of the epoch's order.
+
+    samples: the batch's samples over all workers. gather_into() puts some of the rows into a
+    device's own arrays; data and label gather the whole padded batch on the first device.
+    """
 
     def __init__(self, source, start, rows, samples):
         self.source, self.start, self.rows, self.samples = source, start, rows, samples

@@ -27,10 +27,12 @@ def batch_metrics(probs, labels):
 
 
 class Meter:
-    """Each batch's [correct, summed loss] on each device, summed by the host once an epoch."""
-    # Each batch has an array of its own, not a row of one: the engine orders work per array, so
-    # reading early batches waits for those alone, while the batches queued after them keep the
-    # engine busy.
+    """Each batch's [correct, summed loss] on each device, summed by the host once an epoch.
+
+    Each batch has an array of its own, not a row of one: the engine orders work per array, so
+    reading early batches waits for those alone, while the batches queued after them keep the engine
+    busy.
+    """
 
     def __init__(self):
         # Per device, per batch of the epoch: a (2,) array, reused from epoch to epoch.
@@ -82,10 +84,12 @@ class Meter:
         return sum(everyone), sum(everyone[self.restored:])
 
     def running(self, lag=2):
-        """(correct, loss sum, samples scored, samples of all workers) so far, lag batches back."""
-        # Reading the batch just queued would stall Python until the engine drains, and the engine
-        # would then idle while Python queues the next; a few batches behind, the engine still has
-        # work while Python waits. Each call reads only the batches the last one did not.
+        """(correct, loss sum, samples scored, samples of all workers) so far, lag batches back.
+
+        Reading the batch just queued would stall Python until the engine drains, and the engine
+        would then idle while Python queues the next; a few batches behind, the engine still has
+        work while Python waits. Each call reads only the batches the last one did not.
+        """
         done = max(len(self.samples) - lag, min(len(self.samples), 1))
         start, total = self._read
         if done > start:

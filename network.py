@@ -69,9 +69,11 @@ def multiply_adds(name, num_hidden):
 
 
 def training_graph(network, gradient):
-    """What training binds: the loss head, and the batch's [correct, summed loss] as an output."""
-    # With the 'manual' gradient, the head is SoftmaxOutput's input, the logits, and backward is
-    # handed softmax_cross_entropy_grad. The metrics run inside the graph: no dispatch per batch.
+    """What training binds: the loss head, and the batch's [correct, summed loss] as an output.
+
+    With the 'manual' gradient, the head is SoftmaxOutput's input, the logits, and backward is
+    handed softmax_cross_entropy_grad. The metrics run inside the graph: no dispatch per batch.
+    """
     import mxnet as mx
 
     import metrics
@@ -108,10 +110,12 @@ def probabilities(outputs, gradient):
 
 
 def softmax_cross_entropy_grad(logits, labels):
-    """The gradient of the batch's summed cross-entropy w.r.t. (N, C) logits: softmax - onehot."""
-    # labels: N class indices, of any shape that holds them, as mx.metric takes them. The mean
-    # loss's gradient is this over N; like SoftmaxOutput, this leaves the 1/N to the update's
-    # rescale_grad, so that both gradients hand the optimizer the same numbers.
+    """The gradient of the batch's summed cross-entropy w.r.t. (N, C) logits: softmax - onehot.
+
+    labels: N class indices, of any shape that holds them, as mx.metric takes them. The mean loss's
+    gradient is this over N; like SoftmaxOutput, this leaves the 1/N to the update's rescale_grad,
+    so that both gradients hand the optimizer the same numbers.
+    """
     import mxnet as mx
     n = logits.shape[0]
     if labels.size != n:

@@ -107,9 +107,11 @@ class Config:
 
 
 def train(config, train_iter=None, test_iter=None, log=None, progress=None):
-    """Train as config says on MXNet iterators (None: the dataset's); return a record per epoch."""
-    # log(line) shows a line; progress(figures) is called every --disp-batches batches. The imports
-    # are here, not at the top: main() first sets the threads, which MXNet reads once, as it loads.
+    """Train as config says on MXNet iterators (None: the dataset's); return a record per epoch.
+
+    log(line) shows a line; progress(figures) is called every --disp-batches batches. The imports
+    are here, not at the top: main() first sets the threads, which MXNet reads once, as it loads.
+    """
     import data
     import metrics
     from harness import devices
@@ -153,9 +155,12 @@ def train(config, train_iter=None, test_iter=None, log=None, progress=None):
 
 
 def initialize(params, rng):
-    """Fill params (name -> NDArray) by hand: Glorot-uniform weights, zero biases."""
-    # Uniform in +-sqrt(6 / (fan_in + fan_out)). For a weight shaped (out, in, *kernel), fan_in is
-    # in * prod(kernel) and fan_out out * prod(kernel), as mx.init.Xavier('uniform', 'avg', 3) does.
+    """Fill params (name -> NDArray) by hand: Glorot-uniform weights, zero biases.
+
+    Uniform in +-sqrt(6 / (fan_in + fan_out)). For a weight shaped (out, in, *kernel), fan_in
+    is in * prod(kernel) and fan_out out * prod(kernel), as mx.init.Xavier('uniform', 'avg', 3)
+    does.
+    """
     import numpy as np
     for name, array in params.items():
         if name.endswith("_weight"):

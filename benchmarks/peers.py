@@ -162,8 +162,10 @@ def peer_gluon(args):
 
 
 def peer_floor(args):
-    """MXNet's own forward and backward of the bound network, nothing else."""
-    # No data movement, update, metric.
+    """MXNet's own forward and backward of the bound network, nothing else.
+
+    No data movement, update, metric.
+    """
     import network
     mx = _mxnet()
     symbol = network.get_symbol(args.network, args.hidden)
@@ -213,8 +215,10 @@ def peer_update(args):
 
 
 def peer_gemm(args):
-    """The matrix products of an MLP step alone, with numpy's BLAS on every core."""
-    # The GEMMs-only bound.
+    """The matrix products of an MLP step alone, with numpy's BLAS on every core.
+
+    The GEMMs-only bound.
+    """
     dims = (784, *args.hidden, 10)
     rng = np.random.RandomState(0)
     weights = [rng.rand(dims[i + 1], dims[i]).astype(np.float32) for i in range(len(dims) - 1)]

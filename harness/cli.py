@@ -61,8 +61,10 @@ def parse(config_class, argv=None, prog=None, description=None, notes=None):
 
 
 def command_line(config, script, launcher=()):
-    """The shell command that recreates config."""
-    # Launcher's words, the interpreter, script, non-defaults.
+    """The shell command that recreates config.
+
+    Launcher's words, the interpreter, script, non-defaults.
+    """
     words = [shlex.quote(word) for word in (*launcher, sys.executable, script)]
     return " ".join(words + _changed(config))
 

@@ -26,13 +26,14 @@ _FENV_SIZE = 32
 
 
 def flush_denormals():
-    """Set FTZ and DAZ on this x86-64 Linux CPU thread (and so on the threads it starts)."""
-    # Return whether set.
-    # Subnormal floats (below 1.2e-38 in float32) take the slow path of an x86 CPU, about ten times
-    # the time of a normal one. They arise where values decay towards zero and stay there: Adam's
-    # first moment on a gradient that is mostly zero, as on dead ReLU units, is multiplied by 0.9 at
-    # every step. Flushed to zero, they cost nothing, and a value that small changes no weight of a
-    # network in float32.
+    """Set FTZ and DAZ on this x86-64 Linux CPU thread (and so on the threads it starts).
+
+    Return whether set. Subnormal floats (below 1.2e-38 in float32) take the slow path of an x86
+    CPU, about ten times the time of a normal one. They arise where values decay towards zero and
+    stay there: Adam's first moment on a gradient that is mostly zero, as on dead ReLU units, is
+    multiplied by 0.9 at every step. Flushed to zero, they cost nothing, and a value that small
+    changes no weight of a network in float32.
+    """
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False
     try:
@@ -53,10 +54,11 @@ def flush_denormals():
 
 
 def choose_threads(requested, multiply_adds, batch_per_context, contexts, cores=None):
-    """(threads per context for MXNet's operators, why)."""
-    # Requested, or from the work and the cores if "auto".
-    # multiply_adds: of one sample's forward pass; batch_per_context: the samples each context steps
-    # on.
+    """(threads per context for MXNet's operators, why).
+
+    Requested, or from the work and the cores if "auto". multiply_adds: of one sample's forward
+    pass; batch_per_context: the samples each context steps on.
+    """
     cores = cores or len(os.sched_getaffinity(0))
     if requested != "auto":
         return int(requested), "as --threads says"
@@ -78,8 +80,10 @@ def choose_threads(requested, multiply_adds, batch_per_context, contexts, cores=
 
 
 def use_threads(threads):
-    """Make MXNet's operators use this many OpenMP threads."""
-    # Return False if MXNet is loaded already.
+    """Make MXNet's operators use this many OpenMP threads.
+
+    Return False if MXNet is loaded already.
+    """
     if "mxnet" in sys.modules:
         # It read its thread counts as it loaded: too late to change them.
         return False
@@ -106,10 +110,11 @@ def choose_engine(config):
 
 
 def prepare(config, multiply_adds):
-    """Set the process up for MXNet before it loads, as config asks."""
-    # Return the line that says how.
-    # The environment MXNet reads is checked first; then its threads, and subnormals flushed to
-    # zero.
+    """Set the process up for MXNet before it loads, as config asks.
+
+    Return the line that says how. The environment MXNet reads is checked first; then its threads,
+    and subnormals flushed to zero.
+    """
     from harness import checks
     checks.check_environment()
     contexts = config.cpus or (len(config.gpus.split(",")) if config.gpus else 1)

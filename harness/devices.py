@@ -47,8 +47,10 @@ def contexts(gpus="", cpus=0):
 
 
 def shares(batch, worker, num_workers, num_contexts):
-    """(begin, end) offsets into a batch for each context of one worker."""
-    # Split evenly, workers then contexts.
+    """(begin, end) offsets into a batch for each context of one worker.
+
+    Split evenly, workers then contexts.
+    """
     sizes = _even(batch, num_workers)
     begin = sum(sizes[:worker])
     offsets = []

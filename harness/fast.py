@@ -55,9 +55,11 @@ class Host:
         return host_view(array)
 
     def ready(self):
-        """Wait until MXNet has nothing in flight: numpy may now read and write the arrays."""
-        # MXNet's engine tracks the work it queues, not numpy's: before numpy reads the summed
-        # gradients and writes the weights, every operation queued on them must have run.
+        """Wait until MXNet has nothing in flight: numpy may now read and write the arrays.
+
+        MXNet's engine tracks the work it queues, not numpy's: before numpy reads the summed
+        gradients and writes the weights, every operation queued on them must have run.
+        """
         mx.nd.waitall()
 
     def state(self, array):

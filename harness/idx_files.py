@@ -318,8 +318,10 @@ def _open(path, compressed=None):
 
 
 def _read_at_most(f, size):
-    """Up to size bytes from f, chunk by chunk."""
-    # A file shorter than its header says allocates what it holds.
+    """Up to size bytes from f, chunk by chunk.
+
+    A file shorter than its header says allocates what it holds.
+    """
     body = bytearray()
     while len(body) < size:
         chunk = f.read(min(_CHUNK, size - len(body)))
@@ -330,8 +332,10 @@ def _read_at_most(f, size):
 
 
 def _header(f, path, magic, item_shape):
-    """(count, header bytes) of an open IDX file."""
-    # Checked against what this kind of file must hold.
+    """(count, header bytes) of an open IDX file.
+
+    Checked against what this kind of file must hold.
+    """
     header_size = 4 * (2 + len(item_shape))
     header = f.read(header_size)
     if len(header) < header_size:
@@ -374,8 +378,10 @@ class _reading:
 
 
 def _read_idx(path, magic, item_shape):
-    """(array, SHA-256 of the content)."""
-    # The header checked, then no more read than it promises, plus one.
+    """(array, SHA-256 of the content).
+
+    The header checked, then no more read than it promises, plus one.
+    """
     _check_regular(path)
     with _reading(path):
         with _open(path) as f:

@@ -17,20 +17,23 @@ _BYTES = 4
 
 
 def data_needs(train_count, test_count, contexts, data_iter):
-    """Bytes the data takes, from the sample counts of the files' headers."""
-    # Before any of it is read.
-    # The host holds the bytes read and, while uploading, the floats made of them; each device holds
-    # a copy of both sets, as floats at most. MXNet's own iterator holds its floats on the host
-    # instead.
+    """Bytes the data takes, from the sample counts of the files' headers.
+
+    Before any of it is read. The host holds the bytes read and, while uploading, the floats made of
+    them; each device holds a copy of both sets, as floats at most. MXNet's own iterator holds its
+    floats on the host instead.
+    """
     pixels = ROWS * COLS * (train_count + test_count)
     copies = 1 if data_iter == "mxnet" else contexts
     return {"data read": pixels, "data as floats": _BYTES * pixels * (1 + copies)}
 
 
 def model_needs(graph, sample_shape, rows, contexts, state_count):
-    """Bytes the bound model needs over all its contexts, as {'parameters', 'executors'}."""
-    # rows: (a training share's samples, a scoring share's samples) per context, or 0 where there is
-    # none; state_count: the optimizer's state arrays per parameter.
+    """Bytes the bound model needs over all its contexts, as {'parameters', 'executors'}.
+
+    rows: (a training share's samples, a scoring share's samples) per context, or 0 where there is
+    none; state_count: the optimizer's state arrays per parameter.
+    """
     shapes = _argument_shapes(graph, sample_shape, 1)
     params = sum(math.prod(shape) for name, shape in shapes.items() if name not in (DATA, LABEL))
     # Weights and gradients on every context, a scoring executor's own gradient buffers, the
@@ -55,8 +58,10 @@ def check(needed, available=None):
 
 
 def available_bytes():
-    """The least of the machine's available memory."""
-    # The cgroup's limit and the process's address-space limit.
+    """The least of the machine's available memory.
+
+    The cgroup's limit and the process's address-space limit.
+    """
     limits = [_meminfo("MemAvailable")]
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:

@@ -9,10 +9,11 @@ CURVES, CONFUSION, MISTAKES = "training_curves.png", "confusion_matrix.png", "mi
 
 
 def save_plots(folder, history, scored, dataset, num_mistakes=24):
-    """Write the three PNGs into folder (created if needed) and return their paths."""
-    # Needs matplotlib.
-    # scored: (probabilities, labels, images) of the test set; dataset: whose classes to name.
-    # Optional: imported here, so that training never needs it.
+    """Write the three PNGs into folder (created if needed) and return their paths.
+
+    Needs matplotlib. scored: (probabilities, labels, images) of the test set; dataset: whose
+    classes to name. Optional: imported here, so that training never needs it.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -115,11 +115,13 @@ class KVStoreSync(Sync):
 
 
 class HorovodSync(Sync):
-    """Horovod: allreduce (sum) over the processes horovodrun started; no parameter server."""
-    # In mxnet 1.9.1, mx.kv.create('horovod') silently gives a local store that sums nothing across
-    # processes, so this calls horovod.mxnet itself. Every process must make the same calls in the
-    # same order: each trains the same number of batches (its share of every global batch) and sums
-    # its totals once an epoch.
+    """Horovod: allreduce (sum) over the processes horovodrun started; no parameter server.
+
+    In mxnet 1.9.1, mx.kv.create('horovod') silently gives a local store that sums nothing across
+    processes, so this calls horovod.mxnet itself. Every process must make the same calls in the
+    same order: each trains the same number of batches (its share of every global batch) and sums
+    its totals once an epoch.
+    """
 
     def __init__(self):
         try:

@@ -67,3 +67,18 @@ def test_no_function_takes_more_than_six_parameters_besides_self():
                 names += [a.arg for a in (args.vararg, args.kwarg) if a]
                 names = [n for n in names if n not in ("self", "cls")]
                 assert len(names) <= 6, f"{path}: {node.name} takes {names}"
+
+
+def test_every_docstring_holds_its_whole_text():
+    # A '#' comment right under a docstring is text that help() does not show.
+    continued = []
+    for path in ([os.path.join(ROOT, name) for name in LESSON] + list(_python_files("harness"))
+                 + list(_python_files("benchmarks"))):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                    and ast.get_docstring(node) is not None
+                    and lines[node.body[0].end_lineno].strip().startswith("#")):
+                continued.append(f"{os.path.relpath(path, ROOT)}:{node.name}")
+    assert continued == []
