@@ -31,7 +31,7 @@ FORMAT = 2
 # two symbols, and a state's JSON, which holds no arrays (the config, the history of a few hundred
 # bytes an epoch, the RNG). A params file and the state's arrays are bounded by what the
 # configuration's parameters and optimizer state need.
-LIMITS = {"manifest": 1 << 16, "symbol": 16 << 20, "inference": 16 << 20, "state": 16 << 20}
+_LIMITS = {"manifest": 1 << 16, "symbol": 16 << 20, "inference": 16 << 20, "state": 16 << 20}
 # The files a manifest covers.
 _KINDS = ("symbol", "inference", "state", "arrays", "params")
 # A checkpoint's own files, after its stem; and the two that all of a prefix's checkpoints share,
@@ -134,13 +134,13 @@ def _scan(prefix):
     """tag -> the kinds of its files found under prefix."""
     found = {}
     for path in existing(prefix):
-        kind, tag = parse_own(prefix, path)
+        kind, tag = _parse_own(prefix, path)
         if tag is not None:
             found.setdefault(tag, set()).add(kind)
     return found
 
 
-def parse_own(prefix, path):
+def _parse_own(prefix, path):
     """(kind, tag or None) of path, a file named as one of prefix's checkpoints' files."""
     base = os.path.basename(os.path.abspath(prefix))
     return _parse_rest(os.path.basename(path)[len(base) + 1:])
@@ -215,7 +215,7 @@ def _save_arrays(path, arrays):
 def verify(prefix, tag):
     """Raise CheckpointError unless tag's manifest is sound and its files match it byte for byte."""
     where = paths(prefix, tag)
-    manifest = _read_json(where["manifest"], LIMITS["manifest"])
+    manifest = _read_json(where["manifest"], _LIMITS["manifest"])
     if not _sound(manifest):
         format_ = manifest.get("format") if isinstance(manifest, dict) else None
         if isinstance(format_, int) and format_ != FORMAT:
@@ -262,13 +262,13 @@ def _sound(manifest):
 
 def read_state(prefix, tag):
     """tag's state's JSON values, as read (checked against the run by sidecar.Reader)."""
-    return _read_json(paths(prefix, tag)["state"], LIMITS["state"])
+    return _read_json(paths(prefix, tag)["state"], _LIMITS["state"])
 
 
 def read_symbol(prefix, kind="symbol"):
     """The bytes of prefix's symbol (or 'inference' symbol) file; None if absent or unreadable."""
     try:
-        return files.read_bounded(shared_paths(prefix)[kind], LIMITS[kind])
+        return files.read_bounded(shared_paths(prefix)[kind], _LIMITS[kind])
     except (OSError, ValueError):
         return None
 
@@ -352,10 +352,7 @@ def _read_json(path, limit):
 
 
 def _describe(shapes):
-    """'fc1_bias (32,), fc1_weight (32, 784)': names and shapes, sorted; 'nothing' for none."""
-    return (
-        ", ".join(
-            f"{key.split(':', 1)[-1]} {tuple(shape)}" for key, shape in sorted(shapes.items())
-        )
-        or "nothing"
-    )
+    """'fc1_bias (32,), fc1_weight (32, 784)': the keys (arg: left out) and shapes, sorted."""
+    described = [f"{key[4:] if key.startswith('arg:') else key} {tuple(shape)}"
+                 for key, shape in sorted(shapes.items())]
+    return ", ".join(described) or "nothing"

@@ -243,8 +243,7 @@ def _schedule_problems(c):
         "--lr-step-epochs sets the step schedule's epochs; the cosine schedule takes none"
     yield bool(c.lr_step_epochs) and c.num_epochs == 1, (
         f"--lr-step-epochs {_typed(c.lr_step_epochs)}: a step lowers the rate for the epochs after "
-        "it, and --num-epochs 1 has none after its only epoch; train for more epochs, or leave "
-        "out --lr-step-epochs"
+        "it, and --num-epochs 1 leaves none; give more epochs, or no --lr-step-epochs"
     )
     yield (
         not all(1 <= e < c.num_epochs for e in c.lr_step_epochs),

@@ -126,8 +126,10 @@ def _onnx_modules():
 
 
 def _test_set(test_iter, to_floats):
-    """Every sample of test_iter once, in numpy: (float32 images, labels)."""
-    # to_floats: the trainer's pixels of bytes.
+    """Every sample of test_iter once, in numpy: (float32 images, labels).
+
+    to_floats: the trainer's way from pixel bytes to floats.
+    """
     import numpy as np
     images, labels = [], []
     test_iter.reset()
@@ -166,9 +168,11 @@ def _onnx_model(onnx, graph, params, sample_shape, about):
 
 
 def _tidy(onnx_graph, graph, sample_shape):
-    """Weights as initializers only, none unused; the batch dimension named, the others given."""
-    # The converter lists each weight as a graph input too, which a runtime lets a caller replace
-    # (and then does not fold as a constant), and leaves its softmax's constants unused.
+    """Weights as initializers only, none unused; the batch dimension named, the others given.
+
+    The converter lists each weight as a graph input too, which a runtime lets a caller replace
+    (and then does not fold as a constant), and leaves its softmax's constants unused.
+    """
     weights = {tensor.name for tensor in onnx_graph.initializer}
     inputs = [value for value in onnx_graph.input if value.name not in weights]
     del onnx_graph.input[:]
@@ -288,15 +292,19 @@ def _verdict(probs, classes):
 
 
 def _sample(image_modules, path, noun="digit"):
-    """The image file at path prepared as MNIST's digits were: 28x28 bytes, as MNIST's files."""
-    # noun: what one sample is (a digit), for the line of an image without one.
+    """The image file at path prepared as MNIST's digits were: 28x28 bytes, as MNIST's files.
+
+    noun: what one sample is (a digit), for the line of an image without one.
+    """
     grey = _grey(image_modules, _decode(image_modules[0], _read(path)), noun)
     return _field(image_modules[0], grey, noun)
 
 
 def _read(path):
-    """The bytes of the file at path, at most MAX_IMAGE_BYTES of them."""
-    # Looked at before it is opened: opening a FIFO would wait for a writer.
+    """The bytes of the file at path, at most MAX_IMAGE_BYTES of them.
+
+    The file is looked at before it is opened: opening a FIFO would wait for a writer.
+    """
     try:
         info = os.stat(path)
     except FileNotFoundError:

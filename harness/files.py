@@ -94,7 +94,7 @@ def write_atomic(path, write):
     """
     target = os.path.realpath(path)
     folder, name = os.path.split(target)
-    remove_stale_temporaries(target)
+    _remove_stale_temporaries(target)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     try:
         try:
@@ -163,7 +163,7 @@ def append_line(path, line):
         os.close(fd)
 
 
-def remove_stale_temporaries(target):
+def _remove_stale_temporaries(target):
     """Remove the temporary files of write_atomic(target) whose process is gone."""
     folder, name = os.path.split(target)
     pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[0-9a-f]{16}\.tmp")
@@ -218,8 +218,8 @@ def parse_json(payload, max_depth=16):
     """JSON text as Python values.
 
     ValueError for nesting past max_depth, NaN, infinities, or an integer of more than 18 digits.
+    The nesting is counted before the parser recurses into it, over the brackets outside strings.
     """
-    # Brackets inside strings do not nest: count the others, before the parser recurses into them.
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', payload.decode("utf-8", errors="replace"))
     depth = 0
     for bracket in re.findall(r"[\[\]{}]", text):
@@ -243,8 +243,8 @@ def parse_json(payload, max_depth=16):
 
 
 def lock_path(path):
-    """The lock file that Lock(path) takes: PATH.lock."""
-    return path + ".lock"
+    """The lock file that Lock(path) takes: PATH.lock, beside path's target through links."""
+    return os.path.realpath(path) + ".lock"
 
 
 def is_lock_file(path):

@@ -54,6 +54,10 @@ class Plan:
     remove: tuple = ()
     set_aside: tuple = ()
 
+    def __post_init__(self):
+        if self.mode not in MODES or self.start not in STARTS:
+            raise ValueError(f"no plan has mode {self.mode!r} and start {self.start!r}")
+
     @property
     def trains(self):
         """Whether the run trains (a dry run takes one step)."""

@@ -7,7 +7,6 @@ batches, the end of each epoch (the record, the checkpoint, the metrics line) an
 run (the pictures, the final line). A signal is honoured after the step in progress, which is
 saved first (harness/saving.py saves and restores).
 """
-import os
 import time
 
 import numpy as np
@@ -93,7 +92,7 @@ class Run:
                                    (config.metrics_file, "--metrics-file")):
                     if path:
                         what = f"{flag} {path}"
-                        self.locks.append(files.Lock(os.path.realpath(path), what).acquire())
+                        self.locks.append(files.Lock(path, what).acquire())
         self.disk = plan.Disk(config.model_prefix)
         self.plan = plan.make(config, self.disk, self.script, plan.launcher())
         self.first_epoch = self.plan.first_epoch

@@ -14,7 +14,7 @@ import pytest
 import data
 import network
 import train_mnist
-from helpers import ROOT, config, run_cli, tree_bytes
+from helpers import ROOT, config, run_cli, train_with_faults, tree_bytes
 
 
 @pytest.fixture
@@ -271,6 +271,29 @@ def test_a_fresh_run_on_a_prefix_with_checkpoints_stops_and_names_the_way_on(
     assert not os.path.exists(prefix + "-0002.params") and os.path.exists(
         prefix + "-0001.manifest.json"
     )
+
+
+def test_a_prefix_whose_symbol_holds_another_network_is_written_only_by_a_start_over(
+    capsys, synthetic_dir, ck
+):
+    prefix = str(ck / "mlp")
+    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
+    os.remove(prefix + "-0001.manifest.json")
+    for name in os.listdir(ck):
+        if name.startswith("mlp-0001."):
+            os.remove(ck / name)
+    before = tree_bytes(ck)
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "64,16", "--model-prefix", prefix,
+             "--num-epochs", "1"]
+    code, out, err = run_cli(capsys, *flags)
+    assert code == 2 and err.count("\n") == 1 and "epoch   1" not in out
+    assert f"{prefix}-symbol.json holds another network than this run's --network and " \
+        "--num-hidden; give another --model-prefix, or start over with --start-over" in err
+    assert tree_bytes(ck) == before
+    code, _, err = run_cli(capsys, *flags, "--start-over")
+    assert code == 0 and err == ""
+    assert mx.sym.load(prefix + "-symbol.json").tojson() == \
+        network.get_symbol("mlp", (64, 16)).tojson()
 
 
 def _saved_checkpoint(synthetic_dir, folder):
@@ -574,3 +597,63 @@ def test_a_warm_start_from_mxnets_weights_trains_on_and_then_resumes_exactly(
     assert open(split + "-0005.params", "rb").read() == open(prefix + "-0005.params", "rb").read()
     state = json.load(open(split + "-0005.state.json"))
     assert state["first_epoch"] == 4 and [r["epoch"] for r in state["history"]] == [4, 5]
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def _resume_printed(capsys, err):
+    """Run the command that err's line prints; return its exit code and stderr."""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    command = shlex.split(err.split("Resume with: ")[1])
+    assert command[:2] == [sys.executable, "train_mnist.py"]
+    code, _, err = run_cli(capsys, *command[2:])
+    return code, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 6, 11])
+def test_a_signal_in_the_first_epoch_with_a_metrics_file_resumes_with_each_epoch_once(
+    capsys, synthetic_dir, ck, batch
+):
+    # 1050 samples in batches of 100: 11 batches an epoch; 11 is a signal after its last step.
+    prefix, metrics = str(ck / "mlp"), str(ck / "m.jsonl")
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--num-epochs", "2",
+             "--model-prefix", prefix, "--metrics-file", metrics, "--plot-dir", "none"]
+    code, err = train_with_faults(flags, env={"INTERRUPT_AT_BATCH": str(batch)})
+    assert code == 130 and f"in epoch 1 after batch {batch}; saved " in err, err
+    assert _resume_printed(capsys, err) == (0, "")
+    assert [r["epoch"] for r in _records(metrics)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_warm_start_stopped_in_its_first_epoch_resumes_with_each_epoch_once(
+    capsys, synthetic_dir, ck
+):
+    prefix, metrics = str(ck / "mlp"), str(ck / "m.jsonl")
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
+             "--metrics-file", metrics, "--plot-dir", "none"]
+    assert run_cli(capsys, *flags, "--num-epochs", "1")[0] == 0
+    code, err = train_with_faults([*flags, "--num-epochs", "3", "--load-epoch", "1",
+                                   "--warm-start"], env={"INTERRUPT_AT_BATCH": "3"})
+    assert code == 130 and "in epoch 2 after batch 3; saved " in err, err
+    assert _resume_printed(capsys, err) == (0, "")
+    assert [r["epoch"] for r in _records(metrics)] == [1, 2, 3]
+    state = json.load(open(prefix + "-0003.state.json"))
+    assert state["first_epoch"] == 2 and [r["epoch"] for r in state["history"]] == [2, 3]
+
+
+@pytest.mark.slow
+def test_a_first_epoch_stopped_twice_resumes_with_each_epoch_once(capsys, synthetic_dir, ck):
+    prefix, metrics = str(ck / "mlp"), str(ck / "m.jsonl")
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--num-epochs", "2",
+             "--model-prefix", prefix, "--metrics-file", metrics, "--plot-dir", "none"]
+    code, err = train_with_faults(flags, env={"INTERRUPT_AT_BATCH": "3"})
+    assert code == 130, err
+    again = shlex.split(err.split("Resume with: ")[1])
+    code, err = train_with_faults(again[2:], env={"INTERRUPT_AT_BATCH": "2"})
+    assert code == 130 and "in epoch 1 after batch 5; saved " in err, err
+    assert _resume_printed(capsys, err) == (0, "")
+    assert [r["epoch"] for r in _records(metrics)] == [1, 2]
+    assert not [name for name in os.listdir(ck) if "interrupted" in name]

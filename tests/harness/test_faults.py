@@ -191,20 +191,29 @@ def _link(name, target, hard=False):
     return setup
 
 
-def _nan_weights(d):
-    prefix = str(d / "ck" / "mlp")
-    values, arrays = _read_state(prefix, checkpoint.Tag(2))
-    params = {
-        key[4:]: value
-        for key, value in mx.nd.load(checkpoint.paths(prefix, checkpoint.Tag(2))["params"]).items()
-    }
+def _weights_edit(edit):
+    """A setup that changes epoch 2's weights (name -> NDArray) by edit, saved consistently."""
+    def setup(d):
+        prefix, tag = str(d / "ck" / "mlp"), checkpoint.Tag(2)
+        values, arrays = _read_state(prefix, tag)
+        params = {key[4:]: value
+                  for key, value in mx.nd.load(checkpoint.paths(prefix, tag)["params"]).items()}
+        edit(params)
+        symbols = [mx.sym.load(checkpoint.paths(prefix, tag)[kind])
+                   for kind in ("symbol", "inference")]
+        checkpoint.save(prefix, tag, symbols, params, values, arrays)
+        checkpoint.remove(prefix, checkpoint.Tag(3, 4))
+    return setup
+
+
+def _nan_bias(params):
     params["fc2_bias"][:] = float("nan")
-    symbols = [
-        mx.sym.load(checkpoint.paths(prefix, checkpoint.Tag(2))[kind])
-        for kind in ("symbol", "inference")
-    ]
-    checkpoint.save(prefix, checkpoint.Tag(2), symbols, params, values, arrays)
-    checkpoint.remove(prefix, checkpoint.Tag(3, 4))
+
+
+def _as(name, convert):
+    def edit(params):
+        params[name] = convert(params[name])
+    return edit
 
 
 def _other_size(d):
@@ -507,10 +516,53 @@ CASES = [
     ),
     (
         "weights that are NaN, consistently saved",
-        _nan_weights,
+        _weights_edit(_nan_bias),
         ["--load-epoch", "2"],
         2,
         "fc2_bias holds values that are not finite",
+    ),
+    (
+        "weights of float16, consistently saved",
+        _weights_edit(_as("fc1_weight", lambda a: a.astype("float16"))),
+        ["--load-epoch", "2"],
+        2,
+        "mlp-0002.params: fc1_weight is of dtype float16",
+    ),
+    (
+        "weights of row_sparse storage, consistently saved",
+        _weights_edit(_as("fc3_weight", lambda a: a.tostype("row_sparse"))),
+        ["--load-epoch", "2"],
+        2,
+        "mlp-0002.params: fc3_weight is a row_sparse array",
+    ),
+    (
+        "momentum that is NaN, consistently saved",
+        _sidecar_edit(_array("optimizer:fc2_weight:0", mx.nd.full((16, 32), float("nan")))),
+        ["--load-epoch", "2"],
+        2,
+        "mlp-0002.state.nd: field arrays[optimizer:fc2_weight:0]: expected finite values",
+    ),
+    (
+        "momentum that is infinite mid-epoch, consistently saved",
+        _sidecar_edit(_array("optimizer:fc1_bias:0", mx.nd.full(32, float("inf"))),
+                      checkpoint.Tag(3, 4)),
+        ["--resume"],
+        2,
+        "mlp-interrupted-0003-000004.state.nd: field arrays[optimizer:fc1_bias:0]: expected finite",
+    ),
+    (
+        "momentum of row_sparse storage",
+        _sidecar_edit(_array("optimizer:fc1_bias:0", mx.nd.zeros(32).tostype("row_sparse"))),
+        ["--load-epoch", "2"],
+        2,
+        "field arrays[optimizer:fc1_bias:0]: expected a dense float32 array of shape (32,)",
+    ),
+    (
+        "the metrics of a mid-epoch checkpoint that are NaN",
+        _sidecar_edit(_array("stats:0:0", mx.nd.full((4, 2), float("nan"))), checkpoint.Tag(3, 4)),
+        ["--resume"],
+        2,
+        "field arrays[stats:0:0]: expected finite values",
     ),
     (
         "interrupted: batches that disagree with its name",
@@ -617,6 +669,34 @@ CASES = [
         ["--model-prefix", "{d}/ck/" + "m" * 220],
         2,
         "the name is too long for its folder's file system",
+    ),
+    (
+        "a folder where the first save would write the symbol",
+        _mkdir("fresh-symbol.json"),
+        ["--model-prefix", "{d}/fresh"],
+        2,
+        "{d}/fresh-symbol.json is a folder, where --model-prefix {d}/fresh saves its checkpoints",
+    ),
+    (
+        "a symlink to nothing where the first save would write its params",
+        _symlink("fresh-0001.params", "/nonexistent/params"),
+        ["--model-prefix", "{d}/fresh"],
+        2,
+        "{d}/fresh-0001.params is a symlink to nothing, where --model-prefix {d}/fresh saves",
+    ),
+    (
+        "a symlink to nothing as the metrics file",
+        _symlink("m.jsonl", "/nonexistent/m.jsonl"),
+        ["--start-over", "--metrics-file", "{d}/m.jsonl"],
+        2,
+        "--metrics-file {d}/m.jsonl is a symlink to /nonexistent/m.jsonl, which does not exist",
+    ),
+    (
+        "metrics file at another run's symbol",
+        _copy("ck/mlp-symbol.json", "other-symbol.json"),
+        ["--start-over", "--metrics-file", "{d}/other-symbol.json"],
+        2,
+        "is named as a file of the checkpoints under prefix {d}/other",
     ),
     # 6. Unbounded reads.
     ("gzip bomb", _data("bomb"), ["--start-over"], 2, "is longer than its header says"),

@@ -1,4 +1,5 @@
 """harness/report.py and plots.py, and beyond the tutorial: the optimizers, the gradients."""
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import train_mnist
-from harness import datasets, plots
+from harness import datasets, plots, report
 from helpers import ROOT, config, run_cli
 
 
@@ -271,3 +272,44 @@ def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
         train_mnist.Config(data_dir=REAL_MNIST, optimizer="adam", disp_batches=0)
     )
     assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
+
+
+def _record(epoch):
+    return dict(zip(report.RECORD_KEYS, (epoch, 0.5, 0.9, 0.4, 0.91, 1.0, 0.8, 1000.0)))
+
+
+def test_a_metrics_file_resumes_from_a_checkpoint_saved_in_the_first_epoch(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"from": "an earlier run"}\n')
+    # A checkpoint saved in the first epoch of a run: no records yet, where the file stood.
+    saved = dict(report.MetricsFile(str(path)).at)
+    again = report.MetricsFile(str(path))
+    assert again.resume(saved, [], 1) is None and again.at == saved
+    # The same after a warm start from epoch 3; a stopped run had written epoch 4 past the
+    # checkpoint, which the resume trains again: its record goes, and is written once later.
+    with open(path, "a") as f:
+        f.write(json.dumps(_record(4)) + "\n")
+    again = report.MetricsFile(str(path))
+    assert "removed the records past the checkpoint" in again.resume(saved, [], 4)
+    assert path.read_text() == '{"from": "an earlier run"}\n' and again.at == saved
+    again.append(_record(4))
+    assert [json.loads(line).get("epoch") for line in path.read_text().splitlines()] == [None, 4]
+
+
+def test_the_final_line_counts_one_epoch_as_one_epoch(synthetic_dir):
+    lines = []
+    train_mnist.train(_config(synthetic_dir, num_epochs=1, plot_dir="none"), log=lines.append)
+    assert lines[-1].endswith(" after 1 epoch")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--lr-step-epochs", "1", "--num-epochs", "1"],
+     "--lr-step-epochs 1: a step lowers the rate for the epochs after it, and --num-epochs 1 "
+     "leaves none; give more epochs, or no --lr-step-epochs"),
+    (["--lr-step-epochs", "2,3", "--num-epochs", "3"],
+     "--lr-step-epochs must lie in 1..2 (a step lowers the rate for the epochs after it, up to "
+     "--num-epochs 3), got 2,3"),
+])
+def test_step_epochs_are_refused_by_the_rule_they_break(capsys, argv, expected):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and err == f"train_mnist.py: error: {expected}\n"
