@@ -91,8 +91,7 @@ class Run:
                 for path, flag in ((config.model_prefix, "--model-prefix"),
                                    (config.metrics_file, "--metrics-file")):
                     if path:
-                        what = f"{flag} {path}"
-                        self.locks.append(files.Lock(path, what).acquire())
+                        self.locks.append(files.Lock(path, f"{flag} {path}").acquire())
         self.disk = plan.Disk(config.model_prefix)
         self.plan = plan.make(config, self.disk, self.script, plan.launcher())
         self.first_epoch = self.plan.first_epoch
@@ -137,7 +136,7 @@ class Run:
                 yield epoch
                 if self.plan.mode == "dry_run":
                     break
-        signals.set_stage(self._after_training())
+        signals.set_stage(_after_training(self))
         # A signal that came as the last epoch ended, after its check: recorded, and honoured here.
         signals.check()
 
@@ -214,12 +213,7 @@ class Run:
         *totals, stops = self.sync.all_workers(local)
         self.flags = []
         if self.plan.mode == "dry_run":
-            samples = meter.total_samples()[0]
-            self.log(
-                f"dry run: one step of {samples} samples over {len(self.contexts)} device(s) and "
-                f"{self.sync.num_workers} worker(s), loss {totals[1] / samples:.4f}; the test set "
-                f"scored {scored['acc']:.4f}; nothing saved"
-            )
+            self.log(_dry_run_line(self, meter, totals, scored))
             return
         self.history.append(report.record(self.epoch, totals, meter.total_samples(), scored,
                                           (seconds, self.train_seconds)))
@@ -254,20 +248,28 @@ class Run:
             count = len(self.history)
             self.log(f"final test accuracy {self.history[-1]['test_acc']:.4f} after {count} "
                      f"epoch{'' if count == 1 else 's'}")
-        signals.set_stage(self._after_training(ended=True))
+        signals.set_stage(_after_training(self, ended=True))
 
     def wants_pictures(self):
         """Whether finish() draws pictures: so that the test set's predictions are worth making."""
         return self.rank == 0 and self.plan.saves and bool(report.pictures_folder(self.config))
 
-    def _after_training(self, ended=False):
-        """What a signal now stops: nothing left to train, and what is saved."""
-        when = (
-            "after the run ended" if ended else f"after the last epoch ({self.config.num_epochs})"
-        )
-        if self.config.model_prefix and self.plan.saves:
-            return f"{when}; {Tag(self.config.num_epochs).stem(self.config.model_prefix)} is saved"
-        return f"{when}; nothing was to be saved"
+
+def _after_training(run, ended=False):
+    """What a signal now stops, once the last epoch is trained: nothing, and what is saved."""
+    config = run.config
+    when = "after the run ended" if ended else f"after the last epoch ({config.num_epochs})"
+    if config.model_prefix and run.plan.saves:
+        return f"{when}; {Tag(config.num_epochs).stem(config.model_prefix)} is saved"
+    return f"{when}; nothing was to be saved"
+
+
+def _dry_run_line(run, meter, totals, scored):
+    """What a dry run did: its one step, and the test set scored."""
+    samples = meter.total_samples()[0]
+    return (f"dry run: one step of {samples} samples over {len(run.contexts)} device(s) and "
+            f"{run.sync.num_workers} worker(s), loss {totals[1] / samples:.4f}; the test set "
+            f"scored {scored['acc']:.4f}; nothing saved")
 
 
 def _check_finite(config, epoch, per_batch, model):

@@ -319,3 +319,8 @@ def fake_checkpoint(prefix, tag, state=None):
     with open(where["manifest"], "w") as f:
         json.dump(manifest, f)
     return where
+
+
+def exit_code(status):
+    """A wait status as a return code, negative for a signal (Python 3.9 has it built in)."""
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)

@@ -95,29 +95,23 @@ def test_saved_model_scores_the_same_through_module_and_gluon(synthetic_dir, ck)
     assert np.array_equal(net(mx.nd.array(test_x), mx.nd.zeros(len(test_x))).asnumpy(), probs)
 
 
+def _slow(settings, name):
+    return pytest.param(settings, id=name, marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(),
-        dict(mom=0.9),
-        dict(optimizer="nag", mom=0.9, wd=1e-3),
-        dict(optimizer="adam", wd=1e-4, lr_scheduler="step", lr_step_epochs=(1,)),
-        dict(gradient="manual", mom=0.5),
-        dict(fast=False, mom=0.9),
-        dict(clip_gradient=0.05, mom=0.9),
-        dict(mom=0.9, wd=1e-3),
-        dict(mom=0.9, wd=1e-3, decay_biases=True),
-    ],
-    ids=[
-        "sgd",
-        "momentum",
-        "nag",
-        "adam-step",
-        "manual-gradient",
-        "plain",
-        "clip",
-        "wd",
-        "wd-biases",
+        _slow(dict(), "sgd"),
+        pytest.param(dict(mom=0.9), id="momentum"),
+        _slow(dict(optimizer="nag", mom=0.9, wd=1e-3), "nag"),
+        _slow(dict(optimizer="adam", wd=1e-4, lr_scheduler="step", lr_step_epochs=(1,)),
+              "adam-step"),
+        _slow(dict(gradient="manual", mom=0.5), "manual-gradient"),
+        _slow(dict(fast=False, mom=0.9), "plain"),
+        _slow(dict(clip_gradient=0.05, mom=0.9), "clip"),
+        _slow(dict(mom=0.9, wd=1e-3), "wd"),
+        _slow(dict(mom=0.9, wd=1e-3, decay_biases=True), "wd-biases"),
     ],
 )
 def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, settings):
@@ -354,6 +348,7 @@ def test_bad_checkpoint_input_is_one_line_exit_2_and_writes_nothing(
     assert tree_bytes(ck) == before
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(synthetic_dir, ck):
     """Kill a training process at random moments while it saves every epoch."""
     # The newest intact one loads.
@@ -404,6 +399,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
             os.remove(ck / name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(
     capsys, synthetic_dir, ck, signum

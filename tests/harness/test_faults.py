@@ -20,6 +20,7 @@ import network
 from harness import checkpoint, datasets
 from helpers import (
     ROOT,
+    exit_code,
     idx_bytes,
     run_cli,
     synthetic_arrays,
@@ -835,9 +836,10 @@ def _child(argv, limit_bytes=None, timeout=120, env=None):
     _, status, usage = os.wait4(process.pid, 0)
     err = process.stderr.read()
     process.stderr.close()
-    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss / 1024
+    return exit_code(status), err, usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, expected",
     [
@@ -867,6 +869,7 @@ def test_a_run_that_cannot_fit_is_refused_with_its_estimate_before_allocating(
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_refused_within_bounded_memory(saved, tmp_path):
     folder = tmp_path / "mnist"
     shutil.copytree(saved / "mnist", folder)
@@ -1097,6 +1100,7 @@ def _stop(process):
     process.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [[], ["--start-over"], ["--resume"], ["--load-epoch", "1"]],
                          ids=["fresh", "start over", "resume", "load epoch"])
 def test_a_second_run_on_a_prefix_in_use_is_refused_naming_the_process(saved, tmp_path, second):
@@ -1115,6 +1119,7 @@ def test_a_second_run_on_a_prefix_in_use_is_refused_naming_the_process(saved, tm
         _stop(first)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_metrics_file_in_use_is_refused(saved, tmp_path):
     metrics = str(tmp_path / "m.jsonl")
     first = _running(str(saved / "mnist"), str(tmp_path / "one"), "--metrics-file", metrics)
@@ -1136,6 +1141,7 @@ def test_a_second_run_on_a_metrics_file_in_use_is_refused(saved, tmp_path):
         _stop(first)
 
 
+@pytest.mark.slow
 def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_path):
     prefix = str(tmp_path / "mlp")
     command = [
@@ -1169,6 +1175,7 @@ def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_pat
         checkpoint.verify(prefix, tag)
 
 
+@pytest.mark.slow
 def test_a_users_hidden_files_beside_the_checkpoints_are_never_removed(saved, tmp_path):
     hidden = {
         ".notes.999999.deadbeef.tmp": b"mine",
@@ -1194,6 +1201,7 @@ def test_set_asides_never_write_over_earlier_ones(tmp_path):
     assert (tmp_path / "mlp-0003.params.torn").read_bytes() == b"round 0"
 
 
+@pytest.mark.slow
 def test_the_state_of_a_wide_adam_run_saves_and_resumes_within_its_own_bounds(saved, tmp_path):
     # 11.4 million parameters with Adam's two moments: state arrays far past any fixed read limit.
     prefix = str(tmp_path / "wide")
@@ -1221,6 +1229,7 @@ def test_the_state_of_a_wide_adam_run_saves_and_resumes_within_its_own_bounds(sa
     checkpoint.verify(prefix, checkpoint.Tag(2))
 
 
+@pytest.mark.slow
 def test_a_test_set_too_big_for_memory_is_refused_from_its_header_before_it_is_read(
     saved, tmp_path
 ):

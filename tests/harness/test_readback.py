@@ -203,3 +203,16 @@ def test_a_symbol_of_no_network_this_trainer_builds_is_refused(trained, capsys, 
                            "--load-epoch", "1", "--evaluate")
     assert code == 2 and err.count("\n") == 1
     assert f"{prefix}-symbol.json holds a network that this trainer does not build" in err
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")),
+                    reason="onnx and onnxruntime are not installed")
+def test_export_of_a_lenet_checkpoint_needs_no_network_flag_and_writes_its_own_file_again(
+    trained, capsys, tmp_path
+):
+    folder, prefixes = trained
+    target = str(tmp_path / "lenet.onnx")
+    for _ in range(2):
+        code, out, err = run_cli(capsys, "--data-dir", folder, "--model-prefix", prefixes["lenet"],
+                                 "--load-epoch", "1", "--export-onnx", target)
+        assert code == 0 and err == "" and f"onnx: wrote {target} (opset 13)" in out, err

@@ -9,7 +9,7 @@ import pytest
 
 import train_mnist
 from harness import datasets, plots, report
-from helpers import ROOT, config, run_cli
+from helpers import ROOT, config, exit_code, run_cli
 
 
 def _config(folder, **overrides):
@@ -72,6 +72,7 @@ def test_confusion_matrix_and_worst_mistakes():
     assert list(plots.worst_mistakes(probs, labels, 2)) == [2, 3]
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_ends_the_run_quietly_with_its_step_saved(synthetic_dir, tmp_path):
     prefix = str(tmp_path / "m")
     # The reader leaves after the first progress line, however many lines the config took.
@@ -251,7 +252,7 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
             break
         output += chunk
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output[-2000:]
+    assert exit_code(status) == 0, output[-2000:]
     lines = output.decode().replace("\033[K", "").split("\r\n")
     bars = [line for line in lines if line.count("\r") >= 2 and "[" in line]
     assert bars, "no line holds a bar drawn over itself"
@@ -264,6 +265,7 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
     assert all("acc " in piece for line in bars for piece in line.split("\r") if "[" in piece)
 
 
+@pytest.mark.slow
 def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
     from helpers import REAL_MNIST
     if REAL_MNIST is None:
