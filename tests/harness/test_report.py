@@ -211,6 +211,7 @@ def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir
     assert every[(2, 1)][0] < every[(1, 21)][0]
 
 
+@pytest.mark.slow
 def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthetic_dir):
     import fcntl
     import os
