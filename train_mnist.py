@@ -17,7 +17,7 @@ from typing import Literal, Tuple
 
 import network
 import optimizer
-from harness import checks, cli, cpu, errors, report
+from harness import checks, cli, cpu, errors, plan, report
 from optimizer import OPTIMIZERS
 
 
@@ -206,19 +206,21 @@ def predictions(model, test_iter, gradient):
     return np.concatenate(probs), np.concatenate(labels).astype(np.int64), np.concatenate(images)
 
 
-def score(config, log=None):
-    """--evaluate: score --load-epoch's checkpoint on the test set; return {'loss', 'acc'}."""
+def score(config, log=None, given=None):
+    """--evaluate: score --load-epoch's checkpoint on the test set; return {'loss', 'acc'}.
+
+    The checkpoint says which network it holds; given: the config fields that the command line gave
+    (None: those that differ from the defaults), which must agree with it.
+    """
     import data
-    from harness import devices
+    from harness import reading
     from harness.run import Run
     with Run(config.resolved(), log, script=os.path.relpath(__file__)) as run:
+        symbol = reading.resolve(run, network, given)
         _, test_iter = data.iterators(run.config, run.contexts, run.rng, log=log)
-        symbol = network.get_symbol(config.network, config.num_hidden)
-        graph = network.training_graph(symbol, config.gradient)
-        model = devices.bound(graph, run, (None, test_iter))
-        run.load_weights(model.arg_params, symbol)
+        model = reading.bind(run, test_iter, network, symbol)
         scored = evaluate(model, test_iter)
-        run.log(report.scored_line(run.source, scored))
+        run.log(report.scored_line(run.plan.tag.stem(run.config.model_prefix), scored))
     return scored
 
 
@@ -226,19 +228,30 @@ def main(argv=None):
     """Parse and check the flags, set the CPU up before MXNet loads, then do what the flags ask."""
     program = os.path.basename(__file__)
     rates = ", ".join(f"{name} {kind.default_learning_rate:g}" for name, kind in OPTIMIZERS.items())
+    argv = sys.argv[1:] if argv is None else list(argv)
     with signals.guard(), errors.reported(program) as outcome:
         config = cli.parse(Config, argv, program, __doc__, notes={"lr": rates})
         console = report.Console(sys.stdout)
         console.line(cpu.prepare(config, network.multiply_adds(config.network, config.num_hidden)))
-        if config.evaluate:
-            score(config, console.line)
-        elif config.export_onnx or config.predict:
+        mode, given = plan.mode_of(config), _given(argv)
+        if mode == "evaluate":
+            score(config, console.line, given)
+        elif mode in ("export", "predict"):
             import data
             from harness import export
-            export.run(config, console.line, data, network)
-        else:
+            export.run(config, console.line, data, network, given)
+        elif mode in ("train", "dry_run"):
             train(config, log=console.line, progress=console.progress)
+        else:
+            raise ValueError(f"main() does not {mode}")
     return outcome.code
+
+
+def _given(argv):
+    """The names of the config fields whose flags argv types (--no-fast counts for fast)."""
+    typed = {word.split("=", 1)[0] for word in argv if word.startswith("--")}
+    return {field.name for field in dataclasses.fields(Config)
+            if {checks.flag(field.name), "--no-" + checks.flag(field.name)[2:]} & typed}
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""Every config value, and every environment variable MXNet reads, checked once, up front."""
-# Imports nothing heavy, so that main() can check the flags before MXNet loads. What passes here,
-# the other modules trust.
+"""Every config value, and every environment variable MXNet reads, checked once, up front.
+
+Imports nothing heavy, so that main() can check the flags before MXNet loads. What passes here,
+the other modules trust: an enum of Config (a Literal) is checked here alone.
+"""
 import dataclasses
 import math
 import os
 import re
 import typing
 
+from harness import plan
 from harness.datasets import DATASETS
 from harness.errors import ConfigError
 
@@ -33,9 +36,11 @@ _THREAD_VARIABLES = (
 
 
 def check_config(config, networks, optimizers):
-    """Raise ConfigError naming the flag of the first value that cannot work."""
-    # networks and optimizers: the registries of network.py and optimizer.py, by name. A list given
-    # from Python for a tuple field becomes that tuple.
+    """Raise ConfigError naming the flag of the first value that cannot work.
+
+    networks and optimizers: the registries of network.py and optimizer.py, by name. A list given
+    from Python for a tuple field becomes that tuple.
+    """
     for name, kind in typing.get_type_hints(type(config)).items():
         value = getattr(config, name)
         if typing.get_origin(kind) is tuple and isinstance(value, list):
@@ -48,9 +53,12 @@ def check_config(config, networks, optimizers):
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
         if choices and value not in choices:
             raise ConfigError(f"{flag(name)} must be one of {', '.join(choices)}, got {value!r}")
-    for failed, message in _problems(config, networks, optimizers):
-        if failed:
-            raise ConfigError(message)
+    problems = (_path_problems(config), _value_problems(config, networks, optimizers),
+                _schedule_problems(config), _start_problems(config))
+    for group in problems:
+        for failed, message in group:
+            if failed:
+                raise ConfigError(message)
 
 
 def check_environment(environ=None, cores=None):
@@ -93,9 +101,11 @@ def check_batch(batch_size, num_samples, num_parts):
 
 
 def resolved(config, optimizers, **changes):
-    """config with its derived defaults filled in, and changes."""
-    # The learning rate becomes the optimizer's own if not given, and --lr-step-epochs without a
-    # schedule means the step schedule, as in MXNet's fit.py.
+    """config with its derived defaults filled in, and changes.
+
+    The learning rate becomes the optimizer's own if not given, and --lr-step-epochs without a
+    schedule means the step schedule, as in MXNet's fit.py.
+    """
     if config.lr is None:
         changes.setdefault("lr", optimizers[config.optimizer].default_learning_rate)
     if config.lr_step_epochs and config.lr_scheduler == "none":
@@ -109,8 +119,10 @@ def flag(name):
 
 
 def _has_type(value, kind):
-    """Whether value is of the field type kind."""
-    # As Config(...) from Python may not give it (bool is no int).
+    """Whether value is of the field type kind, which Config(...) from Python may not give it.
+
+    bool is no int here.
+    """
     if typing.get_origin(kind) is typing.Literal:
         # Its choices are checked next, with their own message.
         return True
@@ -162,10 +174,9 @@ def _encodable(text):
     return True
 
 
-def _problems(c, networks, optimizers):
-    """(failed, message) pairs, in the order the flags are usually read."""
+def _value_problems(c, networks, optimizers):
+    """(failed, message) pairs of each value alone, in the order the flags are usually read."""
     cores = len(os.sched_getaffinity(0))
-    yield from _path_problems(c)
     yield (
         c.dataset not in DATASETS,
         f"--dataset must be one of {', '.join(DATASETS)}, got {c.dataset!r}",
@@ -214,22 +225,42 @@ def _problems(c, networks, optimizers):
     yield not (_finite(c.wd) and c.wd >= 0), f"--wd must be a number >= 0, got {c.wd}"
     yield not (_finite(c.clip_gradient) and c.clip_gradient >= 0), \
         f"--clip-gradient must be a number >= 0 (0: no clipping), got {c.clip_gradient}"
+    yield not 0 <= c.seed < 2 ** 32, f"--seed must be in 0..{2 ** 32 - 1}, got {c.seed}"
+    yield c.disp_batches < 0, f"--disp-batches must be >= 0, got {c.disp_batches}"
+
+
+def _schedule_problems(c):
+    """(failed, message) pairs of the learning-rate schedule's flags.
+
+    A step lowers the rate after its epoch, for the epochs that follow: it must lie before the last
+    epoch, and a single epoch leaves none to step.
+    """
     yield (
         c.lr_scheduler == "step" and not c.lr_step_epochs,
         "--lr-scheduler step needs --lr-step-epochs",
     )
     yield c.lr_scheduler == "cosine" and bool(c.lr_step_epochs), \
         "--lr-step-epochs sets the step schedule's epochs; the cosine schedule takes none"
+    yield bool(c.lr_step_epochs) and c.num_epochs == 1, (
+        f"--lr-step-epochs {_typed(c.lr_step_epochs)}: a step lowers the rate for the epochs after "
+        "it, and --num-epochs 1 leaves none; give more epochs, or no --lr-step-epochs"
+    )
     yield (
         not all(1 <= e < c.num_epochs for e in c.lr_step_epochs),
-        f"--lr-step-epochs must lie in 1..{c.num_epochs - 1} (inside --num-epochs), got "
-        f"{_typed(c.lr_step_epochs)}",
+        f"--lr-step-epochs must lie in 1..{c.num_epochs - 1} (a step lowers the rate for the "
+        f"epochs after it, up to --num-epochs {c.num_epochs}), got {_typed(c.lr_step_epochs)}",
     )
     yield (
         not (_finite(c.lr_factor) and 0 < c.lr_factor <= 1),
         f"--lr-factor must be in (0, 1], got {c.lr_factor}",
     )
-    yield not 0 <= c.seed < 2 ** 32, f"--seed must be in 0..{2 ** 32 - 1}, got {c.seed}"
+
+
+def _start_problems(c):
+    """(failed, message) pairs of where the run starts and what it is for.
+
+    These flags exclude or need each other; the plan (harness/plan.py) resolves the ones that pass.
+    """
     yield (
         not 1 <= c.save_period <= MAX_EPOCHS,
         f"--save-period must be in 1..{MAX_EPOCHS}, got {c.save_period}",
@@ -238,21 +269,21 @@ def _problems(c, networks, optimizers):
         not 0 <= c.load_epoch <= MAX_EPOCHS,
         f"--load-epoch must be in 0..{MAX_EPOCHS}, got {c.load_epoch}",
     )
-    yield c.disp_batches < 0, f"--disp-batches must be >= 0, got {c.disp_batches}"
     yield c.load_epoch > 0 and not c.model_prefix, "--load-epoch needs --model-prefix"
     yield c.resume and not c.model_prefix, "--resume needs --model-prefix"
     yield c.start_over and not c.model_prefix, "--start-over needs --model-prefix"
     yield sum(map(bool, (c.resume, c.load_epoch, c.start_over))) > 1, \
         "--resume, --load-epoch and --start-over exclude each other"
     yield c.warm_start and not c.load_epoch, "--warm-start needs --load-epoch (and --model-prefix)"
-    uses = [name for name in ("evaluate", "export_onnx", "predict", "dry_run") if getattr(c, name)]
+    uses = plan.asked(c)
     yield len(uses) > 1, f"{' and '.join(map(flag, uses))} exclude each other"
+    reads = [name for name in uses if plan.MODE_FLAGS[name] in plan.READS]
     yield (
         bool(uses) and c.warm_start,
         f"--warm-start trains; {flag(uses[0]) if uses else ''} does not",
     )
-    for name in ("evaluate", "export_onnx", "predict"):
-        yield bool(getattr(c, name)) and not c.load_epoch, \
-            f"{flag(name)} needs --load-epoch (and --model-prefix): the checkpoint to use"
+    for name in reads:
+        yield not c.load_epoch, f"{flag(name)} needs --load-epoch (and --model-prefix): the " \
+            "checkpoint to use"
     yield c.load_epoch >= c.num_epochs and not uses, \
         f"--load-epoch {c.load_epoch} leaves nothing to train with --num-epochs {c.num_epochs}"

@@ -1,9 +1,11 @@
-"""--export-onnx and --predict: a checkpoint as an ONNX model, and image files classified."""
-# Both read the checkpoint of --model-prefix and --load-epoch as --evaluate does (a Run,
-# devices.simple_bind, run.load_weights), MXNet's own checkpoints too, and put its weights into the
-# inference graph: the network without its loss head, ending in softmax. onnx, onnxruntime, Pillow
-# and MXNet are imported when used, so that the trainer needs none of the first three
-# (requirements-onnx.txt installs them) and MXNet loads after main() has set its threads.
+"""--export-onnx and --predict: a checkpoint as an ONNX model, and image files classified.
+
+Both read the checkpoint of --model-prefix and --load-epoch as --evaluate does (a Run, then
+harness/reading.py's resolve and bind), MXNet's own checkpoints too, and put its weights into the
+inference graph: the network without its loss head, ending in softmax. onnx, onnxruntime, Pillow
+and MXNet are imported when used, so that the trainer needs none of the first three
+(requirements-onnx.txt installs them) and MXNet loads after main() has set its threads.
+"""
 import io
 import os
 import re
@@ -13,7 +15,7 @@ import warnings
 
 from harness import files
 from harness.datasets import DATA, DATASETS
-from harness.errors import ConfigError, OutputError, RunError
+from harness.errors import ConfigError, RunError
 
 OPSET = 13
 # The largest difference in probabilities between ONNX Runtime and MXNet that an export accepts.
@@ -30,34 +32,47 @@ _BOX, _FIELD, _CENTRE = 20, 28, 14
 # Ink fainter than this part of the darkest stroke is background: specks of noise or JPEG's ringing
 # would widen the digit's box.
 _FLOOR = 0.05
+# An exported model's doc string: what it is, and of which checkpoint.
+_ABOUT = "{network} of checkpoint {checkpoint}"
 
 
-def run(config, log, data, network):
-    """--export-onnx or --predict, whichever config asks for; log(line) shows a line."""
-    # data and network: the lesson's modules, handed down, as the machinery imports none of them.
-    if config.export_onnx:
-        export_onnx(config, log, data, network)
+def run(config, log, data, network, given=None):
+    """--export-onnx or --predict, whichever config asks for; log(line) shows a line.
+
+    data and network: the lesson's modules, handed down, as the machinery imports none of them.
+    given: the config fields the command line gave (reading.resolve).
+    """
+    from harness import plan
+    mode = plan.mode_of(config)
+    if mode == "export":
+        export_onnx(config, log, data, network, given)
+    elif mode == "predict":
+        predict(config, log, data, network, given)
     else:
-        predict(config, log, data, network)
+        raise ValueError(f"export.run does not {mode}")
 
 
 # --export-onnx
 
-def export_onnx(config, log, data, network):
-    """Write --load-epoch's checkpoint as an ONNX model, once ONNX Runtime agrees with MXNet."""
-    # On the whole test set: the accuracies of both and their largest difference in probabilities.
+def export_onnx(config, log, data, network, given=None):
+    """Write --load-epoch's checkpoint as an ONNX model, once ONNX Runtime agrees with MXNet.
+
+    On the whole test set: the accuracies of both and their largest difference in probabilities.
+    """
     import numpy as np
 
+    from harness import reading
     from harness.run import Run
     onnx, ort = _onnx_modules()
-    _check_target(config)
     with Run(config.resolved(), log, script=_script(config)) as run:
+        symbol = reading.resolve(run, network, given)
         _, test_iter = data.iterators(run.config, run.contexts, run.rng, log=log)
-        symbol, params = _weights(run, test_iter, network)
+        params = _cpu_weights(reading.bind(run, test_iter, network, symbol))
         images, labels = _test_set(test_iter, data.to_floats)
         graph = network.inference_graph(symbol)
-        about = f"{run.config.network} of checkpoint {os.path.basename(run.source)}"
-        payload = _onnx_model(onnx, graph, params, images.shape[1:], about)
+        stem = os.path.basename(run.plan.tag.stem(run.config.model_prefix))
+        payload = _onnx_model(onnx, graph, params, images.shape[1:],
+                              _ABOUT.format(network=run.config.network, checkpoint=stem))
         theirs = _ort_probabilities(ort, payload, images)
         ours = _mxnet_probabilities(graph, params, images)
     difference = float(np.abs(theirs - ours).max())
@@ -74,6 +89,18 @@ def export_onnx(config, log, data, network):
         f"onnx: wrote {path} (opset {OPSET}); test accuracy {accuracies[0]:.4f} in ONNX Runtime, "
         f"{accuracies[1]:.4f} in MXNet; largest difference in probabilities {difference:.1e}"
     )
+
+
+def is_export(payload):
+    """Whether payload is an ONNX model that export_onnx wrote: its doc string says so."""
+    try:
+        import onnx
+        model = onnx.load_model_from_string(payload)
+    # A parser of any bytes a user may have put there: whatever fails, it is not ours.
+    except Exception:
+        return False
+    about = re.escape(_ABOUT).replace(r"\{network\}", r"\w+").replace(r"\{checkpoint\}", ".+")
+    return model.producer_name == "mxnet" and re.fullmatch(about, model.doc_string) is not None
 
 
 def _onnx_modules():
@@ -98,32 +125,11 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
-def _check_target(config):
-    """Refuse an --export-onnx path that cannot be written, or a file of the checkpoints or data."""
-    from harness import checkpoint
-    path, prefix = config.export_onnx, config.model_prefix
-    files.check_file(path, "--export-onnx")
-    taken = [where for tag in checkpoint.listing(prefix)
-             for where in checkpoint.paths(prefix, tag).values()]
-    taken += checkpoint.leftovers(prefix) + [f"{prefix}-{e:04d}.params"
-                                             for e in checkpoint.foreign(prefix)]
-    taken += [f"{prefix}-symbol.json", f"{prefix}-inference-symbol.json", f"{prefix}.lock"]
-    # A name that a checkpoint would take, or that would be read as one, even before it exists.
-    folder, base = os.path.split(os.path.realpath(prefix))
-    target = os.path.realpath(path)
-    would_be = os.path.dirname(target) == folder and re.fullmatch(
-        re.escape(base) + r"-.*\.(params|json|nd|lock)", os.path.basename(target))
-    if would_be or any(files.same_file(path, other) for other in taken):
-        raise OutputError(f"--export-onnx {path} is a file of the checkpoints under "
-                          f"--model-prefix {prefix}; give another path, such as {prefix}.onnx")
-    data_files = os.listdir(config.data_dir) if os.path.isdir(config.data_dir or "") else []
-    if any(files.same_file(path, os.path.join(config.data_dir, name)) for name in data_files):
-        raise OutputError(f"--export-onnx {path} is a file of --data-dir; give another path")
-
-
 def _test_set(test_iter, to_floats):
-    """Every sample of test_iter once, in numpy: (float32 images, labels)."""
-    # to_floats: the trainer's pixels of bytes.
+    """Every sample of test_iter once, in numpy: (float32 images, labels).
+
+    to_floats: the trainer's way from pixel bytes to floats.
+    """
     import numpy as np
     images, labels = [], []
     test_iter.reset()
@@ -162,9 +168,11 @@ def _onnx_model(onnx, graph, params, sample_shape, about):
 
 
 def _tidy(onnx_graph, graph, sample_shape):
-    """Weights as initializers only, none unused; the batch dimension named, the others given."""
-    # The converter lists each weight as a graph input too, which a runtime lets a caller replace
-    # (and then does not fold as a constant), and leaves its softmax's constants unused.
+    """Weights as initializers only, none unused; the batch dimension named, the others given.
+
+    The converter lists each weight as a graph input too, which a runtime lets a caller replace
+    (and then does not fold as a constant), and leaves its softmax's constants unused.
+    """
     weights = {tensor.name for tensor in onnx_graph.initializer}
     inputs = [value for value in onnx_graph.input if value.name not in weights]
     del onnx_graph.input[:]
@@ -199,18 +207,10 @@ def _ort_probabilities(ort, payload, images):
 
 # The checkpoint's weights, and MXNet's probabilities: for both jobs.
 
-def _weights(run, iterator, network):
-    """(the network, its weights by name on the CPU): the checkpoint's, as score() reads them."""
-    # iterator: what simple_bind sizes the model and checks the memory for (the test set's).
+def _cpu_weights(model):
+    """The model's weights by name, copied to the CPU: what both graphs are given."""
     import mxnet as mx
-
-    from harness import devices
-    config = run.config
-    symbol = network.get_symbol(config.network, config.num_hidden)
-    graph = network.training_graph(symbol, config.gradient)
-    model = devices.bound(graph, run, (None, iterator))
-    run.load_weights(model.arg_params, symbol)
-    return symbol, {name: array.copyto(mx.cpu()) for name, array in model.arg_params.items()}
+    return {name: array.copyto(mx.cpu()) for name, array in model.arg_params.items()}
 
 
 def _mxnet_probabilities(graph, params, images):
@@ -237,16 +237,20 @@ class _Unreadable(Exception):
     """Why one --predict file cannot be classified: its line says so, and the others go on."""
 
 
-def predict(config, log, data, network):
-    """Classify each --predict file with --load-epoch's checkpoint: a line each, in their order."""
-    # A file that cannot be classified gets its own line; the run then ends with exit code 2.
+def predict(config, log, data, network, given=None):
+    """Classify each --predict file with --load-epoch's checkpoint: a line each, in their order.
+
+    A file that cannot be classified gets its own line; the run then ends with exit code 2.
+    """
     import mxnet as mx
     import numpy as np
 
+    from harness import reading
     from harness.run import Run
     image_modules = _pillow()
     dataset = DATASETS[config.dataset]
     with Run(config.resolved(), log, script=_script(config)) as run:
+        symbol = reading.resolve(run, network, given)
         shape = network.sample_shape(run.config.network)
         fields, reasons = {}, {}
         for i, path in enumerate(config.predict):
@@ -258,7 +262,7 @@ def predict(config, log, data, network):
             images = np.stack(list(fields.values())).reshape(-1, *shape)
             # No data set is read: the images themselves size the model.
             own = mx.io.NDArrayIter(images, np.zeros(len(images), np.float32), len(images))
-            symbol, params = _weights(run, own, network)
+            params = _cpu_weights(reading.bind(run, own, network, symbol))
             probs = _mxnet_probabilities(network.inference_graph(symbol), params, images)
             verdicts = dict(zip(fields, (_verdict(p, dataset.classes) for p in probs)))
     for i, path in enumerate(config.predict):
@@ -288,15 +292,19 @@ def _verdict(probs, classes):
 
 
 def _sample(image_modules, path, noun="digit"):
-    """The image file at path prepared as MNIST's digits were: 28x28 bytes, as MNIST's files."""
-    # noun: what one sample is (a digit), for the line of an image without one.
+    """The image file at path prepared as MNIST's digits were: 28x28 bytes, as MNIST's files.
+
+    noun: what one sample is (a digit), for the line of an image without one.
+    """
     grey = _grey(image_modules, _decode(image_modules[0], _read(path)), noun)
     return _field(image_modules[0], grey, noun)
 
 
 def _read(path):
-    """The bytes of the file at path, at most MAX_IMAGE_BYTES of them."""
-    # Looked at before it is opened: opening a FIFO would wait for a writer.
+    """The bytes of the file at path, at most MAX_IMAGE_BYTES of them.
+
+    The file is looked at before it is opened: opening a FIFO would wait for a writer.
+    """
     try:
         info = os.stat(path)
     except FileNotFoundError:

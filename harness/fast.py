@@ -86,8 +86,10 @@ class HostArray(np.ndarray):
 def host_view(array):
     """A HostArray over the memory of array, a dense NDArray on a CPU context: no copy.
 
-    MXNet's MXNDArrayGetData first waits for the array and turns a oneDNN layout back into the
-    default one, so the view sees the elements in order. The caller keeps array alive.
+    MXNet's MXNDArrayGetData turns an array held in a oneDNN layout back into the default one, so
+    the view sees the elements in order. MXNet's engine does not see what numpy does: read or
+    write through the view only once MXNet has nothing in flight on the array (Host.ready). The
+    caller keeps array alive.
     """
     if array.context.device_type != "cpu" or array.stype != "default":
         raise ValueError(f"a host view needs a dense CPU array, not {array.stype} on "

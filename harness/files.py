@@ -1,10 +1,12 @@
-"""Writing files so that nothing a user saved is lost: atomic, through links, mode kept."""
-# Every output is checked before the first batch (check_file, check_folder). A write goes to a
-# temporary file beside its target, is flushed to disk, and is renamed over the target only if that
-# is absent or a regular file. A temporary file is removed when its write fails; one that a killed
-# process left is removed at the next write of the same target, and no other file ever is. An
-# OSError becomes a WriteError: one line with the file and the OS's reason. Locks (Lock) keep a
-# second process off a run's outputs.
+"""Writing files so that nothing a user saved is lost: atomic, through links, mode kept.
+
+Every output is checked before the first batch (check_file, check_folder). A write goes to a
+temporary file beside its target, is flushed to disk, and is renamed over the target only if that
+is absent or a regular file. A temporary file is removed when its write fails; one that a killed
+process left is removed at the next write of the same target, and no other file ever is. An
+OSError becomes a WriteError: one line with the file and the OS's reason. Locks (Lock) keep a
+second process off a run's outputs.
+"""
 import errno
 import fcntl
 import hashlib
@@ -18,16 +20,22 @@ import stat
 from harness.errors import BusyError, OutputError, WriteError
 
 _CHUNK = 1 << 20
+# The most bytes a lock file holds: the holder's process id and command.
+_LOCK_TEXT = 500
 # Every file name this project writes, temporaries included, must fit the folder's limit.
 _TEMPORARY_EXTRA = len(".12345678.0123456789abcdef.tmp") + 8
 
 
 def check_file(path, flag, longest_suffix=""):
-    """Raise OutputError unless path (through symlinks) is absent or a writable regular file."""
-    # In a folder
-    # that lets it be written atomically; longest_suffix: the longest ending the output adds to
-    # path.
+    """Raise OutputError unless path (through symlinks) is absent or a writable regular file.
+
+    It must sit in a folder that lets it be written atomically, and a symlink must lead to a file
+    that exists. longest_suffix: the longest ending the output adds to path.
+    """
     target = os.path.realpath(path)
+    if os.path.islink(path) and not os.path.lexists(target):
+        raise OutputError(f"{flag} {path} is a symlink to {target}, which does not exist; give a "
+                          "file path")
     if os.path.lexists(target) and not os.path.isfile(target):
         kind = "a folder" if os.path.isdir(target) else "not a regular file"
         raise OutputError(f"{flag} {path} is {kind}; give a file path")
@@ -69,8 +77,7 @@ def _check_folder_of(folder, path, flag):
 
 
 def same_file(a, b):
-    """Whether paths a and b name one file."""
-    # The same path through links, or one inode (a hard link).
+    """Whether paths a and b name one file: the same path through links, or one inode."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -81,12 +88,13 @@ def same_file(a, b):
 
 
 def write_atomic(path, write):
-    """Run write(tmp) on a temporary file beside path's target, flush it."""
-    # And rename it over the target.
-    # Through a symlink: the link stays, its target is replaced.
+    """Run write(tmp) on a temporary file beside path's target, flush it, rename it over the target.
+
+    Through a symlink: the link stays, its target is replaced.
+    """
     target = os.path.realpath(path)
     folder, name = os.path.split(target)
-    remove_stale_temporaries(target)
+    _remove_stale_temporaries(target)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     try:
         try:
@@ -125,9 +133,10 @@ def write_bytes(path, payload):
 
 
 def append_line(path, line):
-    """Append one line to path (created if absent) in one write."""
-    # On a short write, cut the file back.
-    # Returns the file's size after the line: where this line ends.
+    """Append one line to path (created if absent) in one write; return the file's size after it.
+
+    On a short write, the file is cut back to what it was: it never holds half a line.
+    """
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
     except OSError as err:
@@ -154,7 +163,7 @@ def append_line(path, line):
         os.close(fd)
 
 
-def remove_stale_temporaries(target):
+def _remove_stale_temporaries(target):
     """Remove the temporary files of write_atomic(target) whose process is gone."""
     folder, name = os.path.split(target)
     pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[0-9a-f]{16}\.tmp")
@@ -169,8 +178,7 @@ def remove_stale_temporaries(target):
 
 
 def set_aside(path, ending=".torn"):
-    """Rename path to path + ending (+ a number if that is taken), never over anything."""
-    # Return the name.
+    """Rename path to path + ending (+ a number if that is taken), never over anything: the name."""
     for number in range(1, 10_000):
         candidate = path + ending + (f".{number}" if number > 1 else "")
         try:
@@ -207,9 +215,11 @@ def read_bounded(path, limit):
 
 
 def parse_json(payload, max_depth=16):
-    """JSON text as Python values, refusing (ValueError) nesting past max_depth."""
-    # NaN and infinities.
-    # Brackets inside strings do not nest: count the others, before the parser recurses into them.
+    """JSON text as Python values.
+
+    ValueError for nesting past max_depth, NaN, infinities, or an integer of more than 18 digits.
+    The nesting is counted before the parser recurses into it, over the brackets outside strings.
+    """
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', payload.decode("utf-8", errors="replace"))
     depth = 0
     for bracket in re.findall(r"[\[\]{}]", text):
@@ -232,17 +242,34 @@ def parse_json(payload, max_depth=16):
     return json.loads(payload, parse_constant=refuse, parse_float=finite, parse_int=bounded)
 
 
+def lock_path(path):
+    """The lock file that Lock(path) takes: PATH.lock, beside path's target through links."""
+    return os.path.realpath(path) + ".lock"
+
+
+def is_lock_file(path):
+    """Whether path holds what a Lock writes (or nothing: one cut short), and has no other name."""
+    try:
+        info = os.stat(path)
+        payload = read_bounded(path, _LOCK_TEXT)
+    except (OSError, ValueError):
+        return False
+    return info.st_nlink == 1 and re.fullmatch(rb"(process \d+ \(.*\))?", payload, re.S) is not None
+
+
 class Lock:
-    """An exclusive advisory lock (fcntl) on PATH.lock for a process's lifetime."""
-    # Released at exit or kill.
-    # A second process gets BusyError naming the holder. The lock file goes when the lock is
-    # released; one a killed process left is taken over (the kernel dropped its lock), never trusted
-    # by its text.
+    """An exclusive advisory lock (fcntl) on PATH.lock for a process's lifetime.
+
+    The kernel releases it at exit or kill. A second process gets BusyError naming the holder. The
+    lock file goes when the lock is released; one a killed process left is taken over (the kernel
+    dropped its lock), never trusted by its text.
+    """
 
     def __init__(self, path, what):
-        self.path, self.what, self.fd = path + ".lock", what, None
+        self.path, self.what, self.fd = lock_path(path), what, None
 
     def acquire(self):
+        """Take the lock, or raise BusyError naming the process that holds it; return self."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -265,7 +292,7 @@ class Lock:
         self.fd = fd
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"process {os.getpid()} ({_command()})".encode()[:500])
+            os.write(fd, f"process {os.getpid()} ({_command()})".encode()[:_LOCK_TEXT])
         except OSError:
             # Only what a refused second process is told: the lock holds without it (on a full disk,
             # say).
@@ -273,6 +300,7 @@ class Lock:
         return self
 
     def release(self):
+        """Remove the lock file and let the lock go."""
         if self.fd is not None:
             _remove(self.path)
             os.close(self.fd)

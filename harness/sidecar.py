@@ -1,18 +1,20 @@
-"""The resume state of a checkpoint: what an exact resume needs, and its checks when read back."""
-# Its JSON (PREFIX-0007.state.json) holds the resolved config, the history, the RNG, the update
-# count, the digests of the data trained on and where the metrics file ended; its arrays
-# (PREFIX-0007.state.nd) the optimizer's state by parameter name and, for a checkpoint saved
-# mid-epoch, the metrics of the batches done. Reading it back checks every field's type, shape,
-# dtype and range, and its agreement with the checkpoint and with this run; a problem is one line
-# naming the file and the field.
+"""The resume state of a checkpoint: what an exact resume needs, and its checks when read back.
+
+Its JSON (PREFIX-0007.state.json) holds the resolved config, the history, the RNG, the update
+count, the digests of the data trained on and where the metrics file ended; its arrays
+(PREFIX-0007.state.nd) the optimizer's state by parameter name and, for a checkpoint saved
+mid-epoch, the metrics of the batches done. Reading it back checks every field's type, shape,
+dtype, storage and range, every array's values for finiteness, and the state's agreement with the
+checkpoint and with this run; a problem is one line naming the file and the field.
+"""
 import dataclasses
 import math
 
-import mxnet as mx
-import numpy as np
-
 from harness.errors import CheckpointError
 from harness.report import RECORD_KEYS as RECORD
+
+# The keys of a state's JSON object: a file that holds them is a checkpoint's state.
+KEYS = ("config", "history", "first_epoch", "rng", "num_update", "data", "metrics", "optimizer")
 
 # What must not change across a resume: the parameters' shapes, the optimizer's state, the epoch's
 # batches.
@@ -25,7 +27,6 @@ _SAME_IN_EPOCH = (
     "kv_store",
     "data_iter",
     "network",
-    "fast",
     "dataset",
 )
 _MAX_COUNT = 1 << 62
@@ -56,12 +57,13 @@ class State:
 
 
 def encode(state):
-    """(the JSON values, name -> NDArray) that save writes for state."""
+    """(the JSON values, name -> NDArray) that checkpoint.save writes for state."""
     name, keys, pos, has_gauss, cached = state.rng
-    values = {"config": state.config, "history": state.history, "first_epoch": state.first_epoch,
-              "rng": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-              "num_update": state.num_update, "data": state.data, "metrics": state.metrics,
-              "optimizer": {name: len(arrays) for name, arrays in state.optimizer.items()}}
+    values = dict(zip(KEYS, (
+        state.config, state.history, state.first_epoch,
+        [name, keys.tolist(), int(pos), int(has_gauss), float(cached)], state.num_update,
+        state.data, state.metrics, {name: len(arrays) for name, arrays in state.optimizer.items()},
+    )))
     arrays = {f"optimizer:{name}:{i}": array for name, states in state.optimizer.items()
               for i, array in enumerate(states)}
     if state.samples is not None:
@@ -78,26 +80,27 @@ def encode(state):
 
 
 class Reader:
-    """Decodes and checks one checkpoint's state against this run: read(values, arrays) -> State."""
+    """Decodes and checks one checkpoint's state against this run: read(values, arrays) -> State.
 
-    def __init__(self, path, config, tag, shapes, state_count):
-        # shapes: parameter name -> shape; state_count: the optimizer's state arrays per parameter.
-        self.path, self.config, self.tag, self.shapes, self.state_count = (
-            path,
-            config,
-            tag,
-            shapes,
-            state_count,
-        )
+    paths: (its JSON's path, its arrays' path), which the messages name; shapes: parameter name ->
+    shape; state_count: the optimizer's state arrays per parameter.
+    """
 
-    def need(self, ok, field, expected):
+    def __init__(self, paths, config, tag, shapes, state_count):
+        self.path, self.arrays_path = paths
+        self.config, self.tag, self.shapes, self.state_count = config, tag, shapes, state_count
+
+    def need(self, ok, field, expected, path=None):
+        """Raise CheckpointError naming the file and the field unless ok."""
         if not ok:
-            raise CheckpointError(f"{self.path}: field {field}: expected {expected}")
+            raise CheckpointError(f"{path or self.path}: field {field}: expected {expected}")
 
     def read(self, values, load_arrays, workers, devices):
-        """The State in values."""
-        # And in the arrays load_arrays() returns once values passed their checks, of a
-        # run of this many workers and devices each.
+        """The State in values, and in the arrays load_arrays() returns once values pass.
+
+        workers and devices: how many this run has (a mid-epoch checkpoint's metrics are kept per
+        worker and device).
+        """
         need, tag = self.need, self.tag
         need(isinstance(values, dict), "(top)", "a JSON object")
         epoch = tag.epoch - 1 if tag.interrupted else tag.epoch
@@ -149,6 +152,7 @@ class Reader:
         return state
 
     def _config(self, old):
+        """The saved config, checked for the fields that must not change across this resume."""
         fields = {f.name for f in dataclasses.fields(self.config)}
         self.need(
             isinstance(old, dict) and set(old) == fields,
@@ -171,10 +175,13 @@ class Reader:
         return old
 
     def _count(self, value, field):
+        """A count: an integer in 0..2**62."""
         self.need(type(value) is int and 0 <= value < _MAX_COUNT, field, "an integer >= 0")
         return value
 
     def _rng(self, value):
+        """The RNG's state as numpy's RandomState.set_state takes it."""
+        import numpy as np
         ok = isinstance(value, list) and len(value) == 5 and value[0] == "MT19937"
         if ok:
             name, keys, pos, has_gauss, cached = value
@@ -191,12 +198,14 @@ class Reader:
         return value[0], np.array(value[1], dtype=np.uint32), value[2], value[3], float(value[4])
 
     def _digests(self, value):
+        """The SHA-256 of each data file trained on, or None (data given as iterators)."""
         self.need(value is None or isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in value.items()),
             "data", "null or the SHA-256 of each data file")
         return value
 
     def _metrics(self, value, records):
+        """Where the metrics file stood at the save, or None."""
         self.need(
             value is None
             or isinstance(value, dict)
@@ -214,6 +223,7 @@ class Reader:
         return value
 
     def _counts(self, counts, num_update):
+        """Parameter name -> its count of state arrays: each parameter's, once it has stepped."""
         names = sorted(self.shapes)
         self.need(
             isinstance(counts, dict) and (sorted(counts) == names if num_update else not counts),
@@ -225,6 +235,7 @@ class Reader:
         return counts
 
     def _in_epoch_counts(self, values, workers, devices):
+        """Check a mid-epoch checkpoint's sample counts and metrics' layout against its name."""
         batches = self.tag.batches
         samples = values.get("samples")
         self.need(
@@ -246,16 +257,25 @@ class Reader:
         )
 
     def _array(self, arrays, key, shape):
+        """arrays[key], a dense float32 array of this shape whose values are all finite."""
+        import mxnet as mx
+        import numpy as np
         array = arrays.get(key)
         self.need(
             isinstance(array, mx.nd.NDArray)
+            and array.stype == "default"
             and array.shape == tuple(shape)
             and array.dtype == np.float32,
             f"arrays[{key}]",
-            f"a float32 array of shape {tuple(shape)}",
+            f"a dense float32 array of shape {tuple(shape)}",
+            self.arrays_path,
         )
+        self.need(np.isfinite(array.asnumpy()).all(), f"arrays[{key}]",
+                  "finite values, but it holds NaN or infinities: the checkpoint cannot be used",
+                  self.arrays_path)
         return array
 
 
 def _number(value):
+    """Whether value is a finite JSON number (bool is no number)."""
     return type(value) in (int, float) and math.isfinite(value)

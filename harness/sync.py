@@ -1,7 +1,9 @@
-"""Summing gradients and sharing weights over the devices of one process and over workers."""
-# One context and one worker need neither. Several contexts sum through MXNet's kvstore (local or
-# device); dist_sync workers through its parameter server (ps-lite); horovod workers by Horovod's
-# allreduce.
+"""Summing gradients and sharing weights over the devices of one process and over workers.
+
+One context and one worker need neither. Several contexts sum through MXNet's kvstore (local or
+device); dist_sync workers through its parameter server (ps-lite); horovod workers by Horovod's
+allreduce.
+"""
 import os
 
 import mxnet as mx
@@ -9,7 +11,6 @@ import numpy as np
 
 from harness.errors import ConfigError
 
-KINDS = ("local", "device", "dist_sync", "horovod")
 HOROVOD_INSTALL = (
     "pip install wheel && HOROVOD_WITH_MXNET=1 HOROVOD_WITHOUT_TENSORFLOW=1 "
     "HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 pip install "
@@ -17,12 +18,12 @@ HOROVOD_INSTALL = (
 )
 # What ps-lite reads to find its job; a launcher sets them.
 _DMLC = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
-# kvstore keys
-_GRADS, _WEIGHTS, _TOTALS, _GATHER = 0, 1, 2, 3
+# kvstore keys: each is initialised once, by every worker at the same point.
+_GRADS, _WEIGHTS, _TOTALS, _GATHER, _VALUES = 0, 1, 2, 3, 4
 
 
 def create(kind, num_contexts):
-    """The Sync for kind (one of KINDS) and that many contexts in this process."""
+    """The Sync for kind (a --kv-store, as Config allows it) and that many contexts here."""
     if kind == "horovod":
         return HorovodSync()
     if kind == "dist_sync":
@@ -36,7 +37,7 @@ def create(kind, num_contexts):
         return KVStoreSync(kind)
     if kind in ("local", "device"):
         return Sync() if num_contexts == 1 else KVStoreSync(kind)
-    raise ValueError(f"unknown kvstore {kind!r}: use one of {', '.join(KINDS)}")
+    raise ValueError(f"no Sync for --kv-store {kind!r}")
 
 
 class Sync:
@@ -62,6 +63,10 @@ class Sync:
     def gather(self, array):
         """Every worker's array (an NDArray on the CPU), stacked in rank order."""
         return array.expand_dims(0)
+
+    def gather_values(self, values):
+        """Every worker's values (a float32 numpy vector), stacked in rank order, in numpy."""
+        return values[None]
 
 
 class KVStoreSync(Sync):
@@ -99,19 +104,22 @@ class KVStoreSync(Sync):
         self.kv.pull(_TOTALS, out=summed)
         return summed.asnumpy().astype(np.float64)
 
-    def gather(self, array):
+    def gather(self, array, key=_GATHER):
         if self.num_workers == 1:
             return array.expand_dims(0)
         # A sum of arrays that are zero but for each worker's own row: every row, exactly.
         rows = mx.nd.zeros((self.num_workers, *array.shape), array.context)
         rows[self.rank] = array
-        self.kv.init(_GATHER, mx.nd.zeros(rows.shape, array.context))
-        self.kv.push(_GATHER, rows)
-        self.kv.pull(_GATHER, out=rows)
+        self.kv.init(key, mx.nd.zeros(rows.shape, array.context))
+        self.kv.push(key, rows)
+        self.kv.pull(key, out=rows)
         # Done here, before any worker moves on: one that went on into MXNet's shutdown while the
         # gather was in flight left another's pull waiting forever, in 1 run of 3.
         rows.wait_to_read()
         return rows
+
+    def gather_values(self, values):
+        return self.gather(mx.nd.array(values, mx.cpu()), _VALUES).asnumpy()
 
 
 class HorovodSync(Sync):
@@ -151,3 +159,6 @@ class HorovodSync(Sync):
 
     def gather(self, array):
         return self.hvd.allgather(array.expand_dims(0), name="gather")
+
+    def gather_values(self, values):
+        return self.hvd.allgather(mx.nd.array(values[None]), name="values").asnumpy()

@@ -317,3 +317,37 @@ def train_with_faults(argv, env=None, wait=True, timeout=120):
         return process
     _, err = process.communicate(timeout=timeout)
     return process.returncode, err
+
+
+def fake_checkpoint(prefix, tag, state=None):
+    """Write checkpoint tag under prefix as checkpoint.save lays it out, without MXNet.
+
+    Its files hold placeholder bytes (the state's JSON is state, or {}), and its manifest matches
+    them: the plan sees an intact checkpoint, which only a restore would find is not MXNet's.
+    """
+    import hashlib
+    import json
+
+    from harness import checkpoint
+    where = checkpoint.paths(prefix, tag)
+    payloads = {"symbol": b'{"nodes": []}\n', "inference": b'{"nodes": []}\n',
+                "state": json.dumps(state or {}).encode(), "arrays": b"arrays", "params": b"params"}
+    files = {}
+    for kind, payload in payloads.items():
+        if not os.path.exists(where[kind]):
+            with open(where[kind], "wb") as f:
+                f.write(payload)
+        with open(where[kind], "rb") as f:
+            payload = f.read()
+        files[kind] = {"name": os.path.basename(where[kind]), "bytes": len(payload),
+                       "sha256": hashlib.sha256(payload).hexdigest()}
+    manifest = {"format": checkpoint.FORMAT, "epoch": tag.epoch, "batches": tag.batches,
+                "files": files}
+    with open(where["manifest"], "w") as f:
+        json.dump(manifest, f)
+    return where
+
+
+def exit_code(status):
+    """A wait status as a return code, negative for a signal (Python 3.9 has it built in)."""
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)

@@ -13,7 +13,7 @@ import pytest
 
 import network
 import train_mnist
-from helpers import ROOT, config, load_mnist, run_cli, tree_bytes
+from helpers import ROOT, config, load_mnist, run_cli, train_with_faults, tree_bytes
 
 
 @pytest.fixture
@@ -94,29 +94,23 @@ def test_saved_model_scores_the_same_through_module_and_gluon(synthetic_dir, ck)
     assert np.array_equal(net(mx.nd.array(test_x), mx.nd.zeros(len(test_x))).asnumpy(), probs)
 
 
+def _slow(settings, name):
+    return pytest.param(settings, id=name, marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(),
-        dict(mom=0.9),
-        dict(optimizer="nag", mom=0.9, wd=1e-3),
-        dict(optimizer="adam", wd=1e-4, lr_scheduler="step", lr_step_epochs=(1,)),
-        dict(gradient="manual", mom=0.5),
-        dict(fast=False, mom=0.9),
-        dict(clip_gradient=0.05, mom=0.9),
-        dict(mom=0.9, wd=1e-3),
-        dict(mom=0.9, wd=1e-3, decay_biases=True),
-    ],
-    ids=[
-        "sgd",
-        "momentum",
-        "nag",
-        "adam-step",
-        "manual-gradient",
-        "plain",
-        "clip",
-        "wd",
-        "wd-biases",
+        _slow(dict(), "sgd"),
+        pytest.param(dict(mom=0.9), id="momentum"),
+        _slow(dict(optimizer="nag", mom=0.9, wd=1e-3), "nag"),
+        _slow(dict(optimizer="adam", wd=1e-4, lr_scheduler="step", lr_step_epochs=(1,)),
+              "adam-step"),
+        _slow(dict(gradient="manual", mom=0.5), "manual-gradient"),
+        _slow(dict(fast=False, mom=0.9), "plain"),
+        _slow(dict(clip_gradient=0.05, mom=0.9), "clip"),
+        _slow(dict(mom=0.9, wd=1e-3), "wd"),
+        _slow(dict(mom=0.9, wd=1e-3, decay_biases=True), "wd-biases"),
     ],
 )
 def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, settings):
@@ -157,21 +151,20 @@ def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, settings):
     ]
 
 
-def test_a_checkpoint_of_the_fast_path_resumes_on_the_plain_one(synthetic_dir, ck):
-    # The optimizer's state is saved by parameter name on both paths, so a checkpoint serves either.
+@pytest.mark.parametrize("fast_first", [True, False], ids=["default-then-no-fast",
+                                                         "no-fast-then-default"])
+def test_a_checkpoint_of_either_path_resumes_on_the_other_to_the_byte(synthetic_dir, ck,
+                                                                      fast_first):
+    # The two paths compute the same bytes, and the optimizer's state is saved by parameter name on
+    # both: an epoch checkpoint serves either.
     straight, split = str(ck / "straight"), str(ck / "split")
     full = train_mnist.train(_config(synthetic_dir, straight, num_epochs=4, mom=0.9))
-    train_mnist.train(_config(synthetic_dir, split, num_epochs=2, mom=0.9))
-    resumed = train_mnist.train(
-        _config(synthetic_dir, split, num_epochs=4, mom=0.9, load_epoch=2, fast=False)
-    )
-    for a, b in zip(resumed[2:], full[2:]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    ours, theirs = (mx.nd.load(p + "-0004.params") for p in (split, straight))
-    for name in ours:
-        np.testing.assert_allclose(
-            ours[name].asnumpy(), theirs[name].asnumpy(), rtol=1e-5, atol=1e-6
-        )
+    train_mnist.train(_config(synthetic_dir, split, num_epochs=2, mom=0.9, fast=fast_first))
+    resumed = train_mnist.train(_config(synthetic_dir, split, num_epochs=4, mom=0.9, load_epoch=2,
+                                        fast=not fast_first))
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    with open(split + "-0004.params", "rb") as a, open(straight + "-0004.params", "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
@@ -272,6 +265,29 @@ def test_a_fresh_run_on_a_prefix_with_checkpoints_stops_and_names_the_way_on(
     )
 
 
+def test_a_prefix_whose_symbol_holds_another_network_is_written_only_by_a_start_over(
+    capsys, synthetic_dir, ck
+):
+    prefix = str(ck / "mlp")
+    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
+    os.remove(prefix + "-0001.manifest.json")
+    for name in os.listdir(ck):
+        if name.startswith("mlp-0001."):
+            os.remove(ck / name)
+    before = tree_bytes(ck)
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "64,16", "--model-prefix", prefix,
+             "--num-epochs", "1"]
+    code, out, err = run_cli(capsys, *flags)
+    assert code == 2 and err.count("\n") == 1 and "epoch   1" not in out
+    assert f"{prefix}-symbol.json holds another network than this run's --network and " \
+        "--num-hidden; give another --model-prefix, or start over with --start-over" in err
+    assert tree_bytes(ck) == before
+    code, _, err = run_cli(capsys, *flags, "--start-over")
+    assert code == 0 and err == ""
+    assert mx.sym.load(prefix + "-symbol.json").tojson() == \
+        network.get_symbol("mlp", (64, 16)).tojson()
+
+
 def _saved_checkpoint(synthetic_dir, folder):
     prefix = str(folder / "mlp")
     train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
@@ -330,6 +346,7 @@ def test_bad_checkpoint_input_is_one_line_exit_2_and_writes_nothing(
     assert tree_bytes(ck) == before
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(synthetic_dir, ck):
     """Kill a training process at random moments while it saves every epoch."""
     # The newest intact one loads.
@@ -380,6 +397,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
             os.remove(ck / name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(
     capsys, synthetic_dir, ck, signum
@@ -573,3 +591,63 @@ def test_a_warm_start_from_mxnets_weights_trains_on_and_then_resumes_exactly(
     assert open(split + "-0005.params", "rb").read() == open(prefix + "-0005.params", "rb").read()
     state = json.load(open(split + "-0005.state.json"))
     assert state["first_epoch"] == 4 and [r["epoch"] for r in state["history"]] == [4, 5]
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def _resume_printed(capsys, err):
+    """Run the command that err's line prints; return its exit code and stderr."""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    command = shlex.split(err.split("Resume with: ")[1])
+    assert command[:2] == [sys.executable, "train_mnist.py"]
+    code, _, err = run_cli(capsys, *command[2:])
+    return code, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 6, 11])
+def test_a_signal_in_the_first_epoch_with_a_metrics_file_resumes_with_each_epoch_once(
+    capsys, synthetic_dir, ck, batch
+):
+    # 1050 samples in batches of 100: 11 batches an epoch; 11 is a signal after its last step.
+    prefix, metrics = str(ck / "mlp"), str(ck / "m.jsonl")
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--num-epochs", "2",
+             "--model-prefix", prefix, "--metrics-file", metrics, "--plot-dir", "none"]
+    code, err = train_with_faults(flags, env={"INTERRUPT_AT_BATCH": str(batch)})
+    assert code == 130 and f"in epoch 1 after batch {batch}; saved " in err, err
+    assert _resume_printed(capsys, err) == (0, "")
+    assert [r["epoch"] for r in _records(metrics)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_warm_start_stopped_in_its_first_epoch_resumes_with_each_epoch_once(
+    capsys, synthetic_dir, ck
+):
+    prefix, metrics = str(ck / "mlp"), str(ck / "m.jsonl")
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix,
+             "--metrics-file", metrics, "--plot-dir", "none"]
+    assert run_cli(capsys, *flags, "--num-epochs", "1")[0] == 0
+    code, err = train_with_faults([*flags, "--num-epochs", "3", "--load-epoch", "1",
+                                   "--warm-start"], env={"INTERRUPT_AT_BATCH": "3"})
+    assert code == 130 and "in epoch 2 after batch 3; saved " in err, err
+    assert _resume_printed(capsys, err) == (0, "")
+    assert [r["epoch"] for r in _records(metrics)] == [1, 2, 3]
+    state = json.load(open(prefix + "-0003.state.json"))
+    assert state["first_epoch"] == 2 and [r["epoch"] for r in state["history"]] == [2, 3]
+
+
+@pytest.mark.slow
+def test_a_first_epoch_stopped_twice_resumes_with_each_epoch_once(capsys, synthetic_dir, ck):
+    prefix, metrics = str(ck / "mlp"), str(ck / "m.jsonl")
+    flags = ["--data-dir", synthetic_dir, "--num-hidden", "32,16", "--num-epochs", "2",
+             "--model-prefix", prefix, "--metrics-file", metrics, "--plot-dir", "none"]
+    code, err = train_with_faults(flags, env={"INTERRUPT_AT_BATCH": "3"})
+    assert code == 130, err
+    again = shlex.split(err.split("Resume with: ")[1])
+    code, err = train_with_faults(again[2:], env={"INTERRUPT_AT_BATCH": "2"})
+    assert code == 130 and "in epoch 1 after batch 5; saved " in err, err
+    assert _resume_printed(capsys, err) == (0, "")
+    assert [r["epoch"] for r in _records(metrics)] == [1, 2]
+    assert not [name for name in os.listdir(ck) if "interrupted" in name]

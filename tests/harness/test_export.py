@@ -336,6 +336,7 @@ def _variants(digit, index):
     }
 
 
+@pytest.mark.slow
 @needs_pillow
 def test_predict_round_trip_of_mnist_digits(real_checkpoint, tmp_path, capsys):
     """Of 300 test digits classified right as they are, at least 95% still are as image files."""

@@ -85,6 +85,8 @@ def test_main_in_a_process_that_loaded_mxnet_keeps_numpy_rounding_as_mxnets_thre
 def test_a_host_view_is_the_ndarrays_own_memory_both_ways():
     array = mx.nd.arange(12).reshape((3, 4))
     view = fast.host_view(array[1:3])
+    # As Model.sum_grads does before the update: MXNet's engine does not see numpy's writes.
+    fast.Host().ready()
     assert isinstance(view, fast.HostArray) and view.shape == (2, 4)
     view += 100
     assert array.asnumpy()[1:].tolist() == (np.arange(4, 12).reshape(2, 4) + 100).tolist()
@@ -211,5 +213,7 @@ def test_no_doc_promises_the_paths_agree_only_within_a_bound():
         for name in sorted(os.listdir(folder)):
             if name.endswith(".md"):
                 with open(os.path.join(folder, name)) as f:
-                    text = f.read().lower()
-                assert "within half a point" not in text and "to float32 rounding" not in text, name
+                    paragraphs = f.read().split("\n\n")
+                for paragraph in paragraphs:
+                    if "--no-fast" in paragraph or "fast path" in paragraph:
+                        assert " within " not in paragraph, (name, paragraph)

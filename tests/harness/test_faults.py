@@ -20,6 +20,7 @@ import network
 from harness import checkpoint, datasets
 from helpers import (
     ROOT,
+    exit_code,
     idx_bytes,
     run_cli,
     synthetic_arrays,
@@ -191,20 +192,29 @@ def _link(name, target, hard=False):
     return setup
 
 
-def _nan_weights(d):
-    prefix = str(d / "ck" / "mlp")
-    values, arrays = _read_state(prefix, checkpoint.Tag(2))
-    params = {
-        key[4:]: value
-        for key, value in mx.nd.load(checkpoint.paths(prefix, checkpoint.Tag(2))["params"]).items()
-    }
+def _weights_edit(edit):
+    """A setup that changes epoch 2's weights (name -> NDArray) by edit, saved consistently."""
+    def setup(d):
+        prefix, tag = str(d / "ck" / "mlp"), checkpoint.Tag(2)
+        values, arrays = _read_state(prefix, tag)
+        params = {key[4:]: value
+                  for key, value in mx.nd.load(checkpoint.paths(prefix, tag)["params"]).items()}
+        edit(params)
+        symbols = [mx.sym.load(checkpoint.paths(prefix, tag)[kind])
+                   for kind in ("symbol", "inference")]
+        checkpoint.save(prefix, tag, symbols, params, values, arrays)
+        checkpoint.remove(prefix, checkpoint.Tag(3, 4))
+    return setup
+
+
+def _nan_bias(params):
     params["fc2_bias"][:] = float("nan")
-    symbols = [
-        mx.sym.load(checkpoint.paths(prefix, checkpoint.Tag(2))[kind])
-        for kind in ("symbol", "inference")
-    ]
-    checkpoint.save(prefix, checkpoint.Tag(2), symbols, params, values, arrays)
-    checkpoint.remove(prefix, checkpoint.Tag(3, 4))
+
+
+def _as(name, convert):
+    def edit(params):
+        params[name] = convert(params[name])
+    return edit
 
 
 def _other_size(d):
@@ -474,7 +484,8 @@ CASES = [
         _sidecar_edit(_array("optimizer:fc1_weight:0", mx.nd.zeros((16, 784)))),
         ["--load-epoch", "2"],
         2,
-        "field arrays[optimizer:fc1_weight:0]: expected a float32 array of shape (32, 784)",
+        "mlp-0002.state.nd: field arrays[optimizer:fc1_weight:0]: expected a dense float32 array "
+        "of shape (32, 784)",
     ),
     (
         "optimizer state of another dtype",
@@ -506,10 +517,53 @@ CASES = [
     ),
     (
         "weights that are NaN, consistently saved",
-        _nan_weights,
+        _weights_edit(_nan_bias),
         ["--load-epoch", "2"],
         2,
         "fc2_bias holds values that are not finite",
+    ),
+    (
+        "weights of float16, consistently saved",
+        _weights_edit(_as("fc1_weight", lambda a: a.astype("float16"))),
+        ["--load-epoch", "2"],
+        2,
+        "mlp-0002.params: fc1_weight is of dtype float16",
+    ),
+    (
+        "weights of row_sparse storage, consistently saved",
+        _weights_edit(_as("fc3_weight", lambda a: a.tostype("row_sparse"))),
+        ["--load-epoch", "2"],
+        2,
+        "mlp-0002.params: fc3_weight is a row_sparse array",
+    ),
+    (
+        "momentum that is NaN, consistently saved",
+        _sidecar_edit(_array("optimizer:fc2_weight:0", mx.nd.full((16, 32), float("nan")))),
+        ["--load-epoch", "2"],
+        2,
+        "mlp-0002.state.nd: field arrays[optimizer:fc2_weight:0]: expected finite values",
+    ),
+    (
+        "momentum that is infinite mid-epoch, consistently saved",
+        _sidecar_edit(_array("optimizer:fc1_bias:0", mx.nd.full(32, float("inf"))),
+                      checkpoint.Tag(3, 4)),
+        ["--resume"],
+        2,
+        "mlp-interrupted-0003-000004.state.nd: field arrays[optimizer:fc1_bias:0]: expected finite",
+    ),
+    (
+        "momentum of row_sparse storage",
+        _sidecar_edit(_array("optimizer:fc1_bias:0", mx.nd.zeros(32).tostype("row_sparse"))),
+        ["--load-epoch", "2"],
+        2,
+        "field arrays[optimizer:fc1_bias:0]: expected a dense float32 array of shape (32,)",
+    ),
+    (
+        "the metrics of a mid-epoch checkpoint that are NaN",
+        _sidecar_edit(_array("stats:0:0", mx.nd.full((4, 2), float("nan"))), checkpoint.Tag(3, 4)),
+        ["--resume"],
+        2,
+        "field arrays[stats:0:0]: expected finite values",
     ),
     (
         "interrupted: batches that disagree with its name",
@@ -616,6 +670,34 @@ CASES = [
         ["--model-prefix", "{d}/ck/" + "m" * 220],
         2,
         "the name is too long for its folder's file system",
+    ),
+    (
+        "a folder where the first save would write the symbol",
+        _mkdir("fresh-symbol.json"),
+        ["--model-prefix", "{d}/fresh"],
+        2,
+        "{d}/fresh-symbol.json is a folder, where --model-prefix {d}/fresh saves its checkpoints",
+    ),
+    (
+        "a symlink to nothing where the first save would write its params",
+        _symlink("fresh-0001.params", "/nonexistent/params"),
+        ["--model-prefix", "{d}/fresh"],
+        2,
+        "{d}/fresh-0001.params is a symlink to nothing, where --model-prefix {d}/fresh saves",
+    ),
+    (
+        "a symlink to nothing as the metrics file",
+        _symlink("m.jsonl", "/nonexistent/m.jsonl"),
+        ["--start-over", "--metrics-file", "{d}/m.jsonl"],
+        2,
+        "--metrics-file {d}/m.jsonl is a symlink to /nonexistent/m.jsonl, which does not exist",
+    ),
+    (
+        "metrics file at another run's symbol",
+        _copy("ck/mlp-symbol.json", "other-symbol.json"),
+        ["--start-over", "--metrics-file", "{d}/other-symbol.json"],
+        2,
+        "is named as a file of the checkpoints under prefix {d}/other",
     ),
     # 6. Unbounded reads.
     ("gzip bomb", _data("bomb"), ["--start-over"], 2, "is longer than its header says"),
@@ -754,9 +836,10 @@ def _child(argv, limit_bytes=None, timeout=120, env=None):
     _, status, usage = os.wait4(process.pid, 0)
     err = process.stderr.read()
     process.stderr.close()
-    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss / 1024
+    return exit_code(status), err, usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, expected",
     [
@@ -786,6 +869,7 @@ def test_a_run_that_cannot_fit_is_refused_with_its_estimate_before_allocating(
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_refused_within_bounded_memory(saved, tmp_path):
     folder = tmp_path / "mnist"
     shutil.copytree(saved / "mnist", folder)
@@ -949,7 +1033,8 @@ def test_pictures_rewritten_keep_their_owner_and_mode(capsys, saved, tmp_path):
     pictures = tmp_path / "pics"
     pictures.mkdir()
     old = pictures / "training_curves.png"
-    old.write_bytes(b"an older picture")
+    _drawn(old)
+    before = old.read_bytes()
     os.chmod(old, 0o600)
     code, _, err = run_cli(
         capsys,
@@ -962,10 +1047,19 @@ def test_pictures_rewritten_keep_their_owner_and_mode(capsys, saved, tmp_path):
         str(pictures),
     )
     assert code == 0, err
-    assert old.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and oct(
-        os.stat(old).st_mode & 0o777
-    ) == oct(0o600)
+    assert old.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and old.read_bytes() != before
+    assert oct(os.stat(old).st_mode & 0o777) == oct(0o600)
     assert not [name for name in os.listdir(pictures) if name.endswith(".tmp")]
+
+
+def _drawn(path):
+    """A picture as Matplotlib draws one: an earlier run's, which a run may draw again."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure = plt.figure(figsize=(1, 1))
+    figure.savefig(path, format="png")
+    plt.close(figure)
 
 
 def _running(folder, prefix, *extra):
@@ -1006,6 +1100,7 @@ def _stop(process):
     process.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [[], ["--start-over"], ["--resume"], ["--load-epoch", "1"]],
                          ids=["fresh", "start over", "resume", "load epoch"])
 def test_a_second_run_on_a_prefix_in_use_is_refused_naming_the_process(saved, tmp_path, second):
@@ -1024,6 +1119,7 @@ def test_a_second_run_on_a_prefix_in_use_is_refused_naming_the_process(saved, tm
         _stop(first)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_metrics_file_in_use_is_refused(saved, tmp_path):
     metrics = str(tmp_path / "m.jsonl")
     first = _running(str(saved / "mnist"), str(tmp_path / "one"), "--metrics-file", metrics)
@@ -1045,6 +1141,7 @@ def test_a_second_run_on_a_metrics_file_in_use_is_refused(saved, tmp_path):
         _stop(first)
 
 
+@pytest.mark.slow
 def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_path):
     prefix = str(tmp_path / "mlp")
     command = [
@@ -1078,6 +1175,7 @@ def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_pat
         checkpoint.verify(prefix, tag)
 
 
+@pytest.mark.slow
 def test_a_users_hidden_files_beside_the_checkpoints_are_never_removed(saved, tmp_path):
     hidden = {
         ".notes.999999.deadbeef.tmp": b"mine",
@@ -1103,6 +1201,7 @@ def test_set_asides_never_write_over_earlier_ones(tmp_path):
     assert (tmp_path / "mlp-0003.params.torn").read_bytes() == b"round 0"
 
 
+@pytest.mark.slow
 def test_the_state_of_a_wide_adam_run_saves_and_resumes_within_its_own_bounds(saved, tmp_path):
     # 11.4 million parameters with Adam's two moments: state arrays far past any fixed read limit.
     prefix = str(tmp_path / "wide")
@@ -1130,6 +1229,7 @@ def test_the_state_of_a_wide_adam_run_saves_and_resumes_within_its_own_bounds(sa
     checkpoint.verify(prefix, checkpoint.Tag(2))
 
 
+@pytest.mark.slow
 def test_a_test_set_too_big_for_memory_is_refused_from_its_header_before_it_is_read(
     saved, tmp_path
 ):

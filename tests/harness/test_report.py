@@ -1,4 +1,5 @@
 """harness/report.py and plots.py, and beyond the tutorial: the optimizers, the gradients."""
+import json
 import os
 import subprocess
 import sys
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 import train_mnist
-from harness import datasets, plots
-from helpers import ROOT, config, run_cli
+from harness import datasets, plots, report
+from helpers import ROOT, config, exit_code, run_cli
 
 
 def _config(folder, **overrides):
@@ -71,6 +72,7 @@ def test_confusion_matrix_and_worst_mistakes():
     assert list(plots.worst_mistakes(probs, labels, 2)) == [2, 3]
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_ends_the_run_quietly_with_its_step_saved(synthetic_dir, tmp_path):
     prefix = str(tmp_path / "m")
     # The reader leaves after the first progress line, however many lines the config took.
@@ -209,6 +211,7 @@ def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir
     assert every[(2, 1)][0] < every[(1, 21)][0]
 
 
+@pytest.mark.slow
 def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthetic_dir):
     import fcntl
     import os
@@ -250,7 +253,7 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
             break
         output += chunk
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output[-2000:]
+    assert exit_code(status) == 0, output[-2000:]
     lines = output.decode().replace("\033[K", "").split("\r\n")
     bars = [line for line in lines if line.count("\r") >= 2 and "[" in line]
     assert bars, "no line holds a bar drawn over itself"
@@ -263,6 +266,7 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
     assert all("acc " in piece for line in bars for piece in line.split("\r") if "[" in piece)
 
 
+@pytest.mark.slow
 def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
     from helpers import REAL_MNIST
     if REAL_MNIST is None:
@@ -271,3 +275,44 @@ def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
         train_mnist.Config(data_dir=REAL_MNIST, optimizer="adam", disp_batches=0)
     )
     assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
+
+
+def _record(epoch):
+    return dict(zip(report.RECORD_KEYS, (epoch, 0.5, 0.9, 0.4, 0.91, 1.0, 0.8, 1000.0)))
+
+
+def test_a_metrics_file_resumes_from_a_checkpoint_saved_in_the_first_epoch(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"from": "an earlier run"}\n')
+    # A checkpoint saved in the first epoch of a run: no records yet, where the file stood.
+    saved = dict(report.MetricsFile(str(path)).at)
+    again = report.MetricsFile(str(path))
+    assert again.resume(saved, [], 1) is None and again.at == saved
+    # The same after a warm start from epoch 3; a stopped run had written epoch 4 past the
+    # checkpoint, which the resume trains again: its record goes, and is written once later.
+    with open(path, "a") as f:
+        f.write(json.dumps(_record(4)) + "\n")
+    again = report.MetricsFile(str(path))
+    assert "removed the records past the checkpoint" in again.resume(saved, [], 4)
+    assert path.read_text() == '{"from": "an earlier run"}\n' and again.at == saved
+    again.append(_record(4))
+    assert [json.loads(line).get("epoch") for line in path.read_text().splitlines()] == [None, 4]
+
+
+def test_the_final_line_counts_one_epoch_as_one_epoch(synthetic_dir):
+    lines = []
+    train_mnist.train(_config(synthetic_dir, num_epochs=1, plot_dir="none"), log=lines.append)
+    assert lines[-1].endswith(" after 1 epoch")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--lr-step-epochs", "1", "--num-epochs", "1"],
+     "--lr-step-epochs 1: a step lowers the rate for the epochs after it, and --num-epochs 1 "
+     "leaves none; give more epochs, or no --lr-step-epochs"),
+    (["--lr-step-epochs", "2,3", "--num-epochs", "3"],
+     "--lr-step-epochs must lie in 1..2 (a step lowers the rate for the epochs after it, up to "
+     "--num-epochs 3), got 2,3"),
+])
+def test_step_epochs_are_refused_by_the_rule_they_break(capsys, argv, expected):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and err == f"train_mnist.py: error: {expected}\n"

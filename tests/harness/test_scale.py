@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 import train_mnist
-from helpers import ROOT, assert_params_close, config, saved_params
+from helpers import ROOT, assert_params_close, config, saved_params, synthetic_arrays, write_mnist
 
 LAUNCH = [sys.executable, "-m", "harness.launch"]
 TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
@@ -159,6 +159,28 @@ def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path, 
         ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist"))
     )
     _same_as_single(single, job.finish(), tmp_path)
+    assert not job.processes()
+
+
+@pytest.mark.slow
+def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_path, jobs):
+    # Worker 1 reads other pixels, of the same sizes: without the check, the job would train.
+    other = tmp_path / "other"
+    other.mkdir()
+    arrays = synthetic_arrays()
+    write_mnist(str(other), [255 - arrays[0], *arrays[1:]])
+    prefix = str(tmp_path / "dist")
+    choose = ('if [ "$DMLC_ROLE" = worker ] && [ "$DMLC_TASK_ID" = 1 ]; then exec "$@" --data-dir '
+              f'{shlex.quote(str(other))}; fi; exec "$@"')
+    job = jobs(["-n", "2", "-s", "1", "--timeout", "150"],
+               ["bash", "-c", choose, "bash", *_train(synthetic_dir, prefix)])
+    code, out, err = job.finish()
+    lines = [line for line in (out + err).splitlines() if "train_mnist.py: error: " in line]
+    assert code != 0 and lines and "Traceback" not in out + err, out + err
+    said = ("error: worker 1's data differs from worker 0's (train-images-idx3-ubyte): every "
+            "worker must train on the same files; give each the same --data-dir")
+    assert all(line.endswith(said) for line in lines), lines
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("dist")]
     assert not job.processes()
 
 
