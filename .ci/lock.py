@@ -3,7 +3,7 @@
 They are installed with `pip install --no-deps -r FILE` (docs/python.md), because mxnet 1.9.1's
 metadata asks for numpy<2 and Python 3.13 has wheels of numpy 2 only: so each file must hold the
 whole closure of what it asks for. This script asks pip's own resolver, on each Python, for the
-newest versions that fit WANTS (mxnet's own requirements, but its numpy, spelled out), walks each
+newest versions with wheels that fit WANTS (mxnet's own requirements, but its numpy, spelled out), walks each
 file's closure through the packages' metadata, and writes one line per package and range of
 Pythons. It needs each Python of PYTHONS (pyenv's, or python3.X on PATH) and `packaging`:
 
@@ -42,9 +42,9 @@ RUN = [
 TEST = ["pytest>=7", "hypothesis>=6", "ruff==0.17.6"]
 ONNX = [
     # mxnet's converter imports onnx.mapping, which onnx 1.19 removed; 1.16.2 has wheels for 3.8 to
-    # 3.12, 1.17.0 the first for 3.13.
+    # 3.12, 1.18.0 is the first with wheels for 3.13.
     'onnx==1.16.2; python_version < "3.13"',
-    'onnx==1.17.0; python_version >= "3.13"',
+    'onnx==1.18.0; python_version >= "3.13"',
     # 1.18.1: wheels for 3.8 to 3.12, and numpy<1.24 accepted (1.17 needs numpy>=1.24.2); 1.20.1 is
     # the first with wheels for 3.13.
     'onnxruntime==1.18.1; python_version < "3.13"',
@@ -87,7 +87,7 @@ def resolve(version, wants):
         report = os.path.join(folder, "report.json")
         subprocess.run(
             [python(version), "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-             "--report", report, "-r", wants_file],
+             "--only-binary", ":all:", "--report", report, "-r", wants_file],
             check=True,
         )
         with open(report) as f:
