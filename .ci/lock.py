@@ -3,9 +3,10 @@
 They are installed with `pip install --no-deps -r FILE` (docs/python.md), because mxnet 1.9.1's
 metadata asks for numpy<2 and Python 3.13 has wheels of numpy 2 only: so each file must hold the
 whole closure of what it asks for. This script asks pip's own resolver, on each Python, for the
-newest versions with wheels that fit WANTS (mxnet's own requirements, but its numpy, spelled out), walks each
-file's closure through the packages' metadata, and writes one line per package and range of
-Pythons. It needs each Python of PYTHONS (pyenv's, or python3.X on PATH) and `packaging`:
+newest versions with wheels that fit the wants below (mxnet's own requirements, but its numpy,
+spelled out), walks each file's closure through the packages' metadata, and writes one line per
+package and range of Pythons. It needs each Python of PYTHONS (pyenv's, or python3.X on PATH) and
+`packaging`:
 
     python .ci/lock.py
 """
