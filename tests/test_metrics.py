@@ -27,7 +27,7 @@ def test_batch_metrics_match_numpy_and_mx_metric(seed):
     accuracy, cross_entropy = mx.metric.Accuracy(), mx.metric.CrossEntropy()
     for metric in (accuracy, cross_entropy):
         metric.update([mx.nd.array(labels)], [mx.nd.array(probs)])
-    assert correct / n == pytest.approx(accuracy.get()[1], abs=1e-12)
+    assert float(correct) / n == pytest.approx(accuracy.get()[1], abs=1e-12)
     assert loss_sum / n == pytest.approx(cross_entropy.get()[1], rel=1e-5)
 
 
@@ -65,7 +65,7 @@ def test_every_label_form_mx_metric_takes_gives_its_accuracy_and_cross_entropy(s
     correct, loss_sum = metrics.batch_metrics(
         mx.nd, mx.nd.array(probs), mx.nd.array(labels, dtype=dtype)
     ).asnumpy()
-    assert correct / 97 == pytest.approx(accuracy.get()[1], abs=1e-12)
+    assert float(correct) / 97 == pytest.approx(accuracy.get()[1], abs=1e-12)
     assert loss_sum / 97 == pytest.approx(cross_entropy.get()[1], rel=1e-5)
 
 
