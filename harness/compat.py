@@ -26,8 +26,8 @@ _CONSTANTS = {
     "NaN": lambda numpy: numpy.nan,
 }
 
-# Functions numpy 2 removed (in1d and trapz in 2.4) under a name that numpy still has: in numpy
-# 1.26 each called its new name, with a DeprecationWarning.
+# Functions numpy 2 removed (trapz in 2.4) that numpy still has under a new name: in numpy 1.26 the
+# first four called it, with a DeprecationWarning; numpy 2.0 renamed trapz to trapezoid.
 _RENAMED = {
     "alltrue": "all",
     "sometrue": "any",
