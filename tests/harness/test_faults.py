@@ -754,7 +754,9 @@ def _child(argv, limit_bytes=None, timeout=120, env=None):
     _, status, usage = os.wait4(process.pid, 0)
     err = process.stderr.read()
     process.stderr.close()
-    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss / 1024
+    # os.waitstatus_to_exitcode is Python 3.9's: a signal's death is its negative number, as there.
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    return code, err, usage.ru_maxrss / 1024
 
 
 @pytest.mark.parametrize(
