@@ -186,7 +186,7 @@ def evaluate(model, test_iter):
             totals = scored.copy() if totals is None else totals + scored
             count += exe.outputs[0].shape[0]
     correct, loss_sum = totals.asnumpy()
-    return {"loss": float(loss_sum / count), "acc": float(correct / count)}
+    return {"loss": float(loss_sum) / count, "acc": float(correct) / count}
 
 
 def predictions(model, test_iter, gradient):

@@ -5,6 +5,8 @@ are views of one flat buffer, so that summing over devices and workers is one ar
 the weights is one. train() binds each replica's executor with simple_bind; other batch sizes
 reshape it, over the same parameters.
 """
+import os
+
 import mxnet as mx
 import numpy as np
 
@@ -128,6 +130,9 @@ class Model:
     def __init__(self, graph, run, iterators, opt=None):
         # iterators: (train_iter, test_iter), the first None to score only; opt: None to score.
         train_iter, test_iter = iterators
+        # MXNet reads it as it binds: without it, each executor bound prints a banner on stderr,
+        # also when train() is called from Python rather than through main().
+        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
         self.reading = {train: _reading(it, "training" if train else "test")
                         for train, it in zip((True, False), iterators) if it is not None}
         bound_iter = train_iter or test_iter

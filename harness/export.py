@@ -23,7 +23,7 @@ TOLERANCE = 1e-5
 # What --predict reads of one file, and the most pixels it lets Pillow decode.
 MAX_IMAGE_BYTES = 20 << 20
 MAX_IMAGE_PIXELS = 50_000_000
-_INSTALL = "pip install -r requirements-onnx.txt"
+_INSTALL = "pip install --no-deps -r requirements-onnx.txt"
 # Samples per forward pass over the test set: LeNet's first layer alone holds 46 KB of a sample.
 _CHUNK = 1000
 # MNIST's preparation: the digit's longer side scaled to 20 pixels, in a 28x28 field, its centre of

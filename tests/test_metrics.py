@@ -25,8 +25,8 @@ def test_accuracy_and_cross_entropy_match_numpy_and_mx_metric(seed):
     accuracy, cross_entropy = mx.metric.Accuracy(), mx.metric.CrossEntropy()
     for metric in (accuracy, cross_entropy):
         metric.update([mx.nd.array(labels)], [mx.nd.array(probs)])
-    assert correct / n == pytest.approx(accuracy.get()[1], abs=1e-12)
-    assert loss_sum / n == pytest.approx(cross_entropy.get()[1], rel=1e-5)
+    assert float(correct) / n == pytest.approx(accuracy.get()[1], abs=1e-12)
+    assert float(loss_sum) / n == pytest.approx(cross_entropy.get()[1], rel=1e-5)
 
 
 def test_the_accuracy_reads_as_d2ls_on_numpy_arrays_too():

@@ -14,10 +14,10 @@ with open(os.path.join(ROOT, "README.md")) as _f:
     README = _f.read()
 
 
-def _blocks(kind):
-    """The text of each fenced block of the README whose language is kind ('' for none)."""
+def _blocks(kind, text=README):
+    """The text of each fenced block of a Markdown text whose language is kind ('' for none)."""
     blocks, current = [], None
-    for line in README.splitlines(keepends=True):
+    for line in text.splitlines(keepends=True):
         if line.startswith("```"):
             if current is None:
                 current, language = [], line[3:].strip()
@@ -30,16 +30,47 @@ def _blocks(kind):
     return blocks
 
 
-def _commands():
-    """Each command of the README's bash blocks, split into words, with `&&` chains taken apart."""
+def _commands(text=README):
+    """Each command of a text's bash blocks, split into words: `&&` chains and `\\` lines joined."""
     commands = []
-    for block in _blocks("bash"):
-        for line in block.splitlines():
+    for block in _blocks("bash", text):
+        for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
+            # Comments and lines that only set shell variables for the next ones.
+            if line.startswith(("#", "export ")) or "=$(" in line.split(" ")[0]:
+                continue
             for part in line.split("&&"):
                 if part.strip():
                     commands.append(shlex.split(part.strip()))
     return commands
+
+
+def _check(words):
+    """Fail unless a command is one of those known, naming only flags and files that exist."""
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]) or words[:1] == ["env"]:
+        words = words[1:]
+    if "train_mnist.py" in words:
+        at = words.index("train_mnist.py")
+        assert os.path.basename(words[at - 1]).startswith("python"), words
+        # The trainer's own flags; exits 2 on an unknown flag or a bad value.
+        cli.parse(train_mnist.Config, [word for word in words[at + 1:] if word != "&"])
+        launcher = words[:at - 1]
+        assert launcher == [] or launcher[:3] == ["python", "-m", "harness.launch"] and (
+            launcher[-1] == "--" and os.path.exists(os.path.join(ROOT, "harness", "launch.py"))
+        ) or launcher[0] in ("horovodrun", "srun"), words
+    elif words[0] == "python" and words[1].endswith(".py"):
+        assert os.path.exists(os.path.join(ROOT, words[1])), words
+    elif words[:2] == ["pip", "install"] and "-r" in words:
+        assert os.path.exists(os.path.join(ROOT, words[words.index("-r") + 1])), words
+    elif words[:2] == ["pip", "install"]:
+        # A package of its own, pinned, with nothing else of the lock moved.
+        assert words[2] == "--no-deps" and re.fullmatch(r"mxnet-cu\d+==1\.9\.1", words[3]), words
+    elif words[0] in ("python3", ".", "mkdir", "python3.11") or words[:2] == ["pip", "uninstall"]:
+        return
+    elif words[:3] == ["python", "-m", "pytest"] or words[:2] == ["python", "-c"]:
+        return
+    else:
+        pytest.fail(f"a command this check does not know: {' '.join(words)}")
 
 
 def test_the_readme_is_short_and_for_a_user():
@@ -51,19 +82,24 @@ def test_every_command_names_only_flags_and_files_that_exist():
     commands = _commands()
     assert any(words[:2] == ["python", "train_mnist.py"] for words in commands)
     for words in commands:
-        if words[:2] == ["python", "train_mnist.py"]:
-            # exits 2 on an unknown flag or a bad value
-            cli.parse(train_mnist.Config, words[2:])
-        elif words[0] == "python" and words[1].endswith(".py"):
-            assert os.path.exists(os.path.join(ROOT, words[1])), words
-        elif words[:2] == ["pip", "install"] and words[2] == "-r":
-            assert os.path.exists(os.path.join(ROOT, words[3])), words
-        elif words[0] in ("python3", ".", "mkdir", "python3.11"):
-            continue
-        elif words[:3] == ["python", "-m", "pytest"]:
-            continue
-        else:
-            pytest.fail(f"a README command this check does not know: {' '.join(words)}")
+        _check(words)
+
+
+def test_the_quick_start_installs_with_the_same_two_commands_as_docs_python_md():
+    with open(os.path.join(ROOT, "docs", "python.md")) as f:
+        documented = _blocks("bash", f.read())[0].splitlines()
+    quick_start = _blocks("bash")[0].splitlines()
+    assert [line.rsplit(" && ", 1)[0] for line in quick_start] == documented
+    assert len(documented) == 2 and all("pip install --no-deps -r" in line for line in documented)
+
+
+@pytest.mark.parametrize(
+    "page", sorted(name for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md"))
+)
+def test_every_command_of_the_docs_names_only_flags_and_files_that_exist(page):
+    with open(os.path.join(ROOT, "docs", page)) as f:
+        for words in _commands(f.read()):
+            _check(words)
 
 
 def test_the_readme_shows_the_loop_as_it_is_in_the_code():

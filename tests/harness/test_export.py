@@ -34,7 +34,7 @@ def _importable(*names):
 
 needs_onnx = pytest.mark.skipif(
     not _importable("onnx", "onnxruntime"),
-    reason="onnx and onnxruntime are not installed (pip install -r requirements-onnx.txt)",
+    reason="onnx and onnxruntime are not installed (see requirements-onnx.txt)",
 )
 needs_pillow = pytest.mark.skipif(not _importable("PIL"), reason="Pillow is not installed")
 
@@ -166,12 +166,13 @@ def test_export_refusals(synthetic_checkpoint, tmp_path, capsys, monkeypatch, wh
     target = {"onnx missing": str(tmp_path / "m.onnx"), "a folder": str(tmp_path),
               "a missing folder": str(tmp_path / "nowhere" / "m.onnx"),
               "a checkpoint": prefix + "-0001.params"}[where]
-    expected = {"onnx missing": "pip install -r requirements-onnx.txt", "a folder": "is a folder",
+    expected = {"onnx missing": "pip install --no-deps -r requirements-onnx.txt",
+                "a folder": "is a folder",
                 "a missing folder": "does not exist", "a checkpoint": "a file of the checkpoints"}
     if where == "onnx missing":
         monkeypatch.setitem(sys.modules, "onnx", None)
     elif not _importable("onnx", "onnxruntime"):
-        pytest.skip("onnx and onnxruntime are not installed (pip install -r requirements-onnx.txt)")
+        pytest.skip("onnx and onnxruntime are not installed (see requirements-onnx.txt)")
     before = tree_bytes(tmp_path), tree_bytes(os.path.dirname(prefix))
     code, _, err = run_cli(capsys, *_flags(folder, prefix), "--export-onnx", target)
     assert code == 2 and len(err.splitlines()) == 1 and expected[where] in err, err
