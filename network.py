@@ -4,9 +4,6 @@
 # settings once, as it loads.
 from harness.datasets import DATA, LABEL, NUM_CLASSES
 
-# Where the loss's gradient comes from: SoftmaxOutput's own, or softmax_cross_entropy_grad below.
-GRADIENTS = ("builtin", "manual")
-
 
 def mlp(num_hidden=(128, 64), num_classes=NUM_CLASSES):
     """The tutorial's MLP: FullyConnected and ReLU per width, then FullyConnected, SoftmaxOutput."""
@@ -54,7 +51,7 @@ NETWORKS = {
 def get_symbol(name="mlp", num_hidden=(128, 64), num_classes=NUM_CLASSES):
     """The network NETWORKS names, ending in SoftmaxOutput; num_hidden sets the MLP's widths."""
     if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}: use one of {', '.join(NETWORKS)}")
+        raise ValueError(f"unknown network {name!r}")
     return NETWORKS[name][0](tuple(num_hidden), num_classes)
 
 
@@ -84,7 +81,7 @@ def training_graph(network, gradient):
         head = network.get_children()[0]
         label, probs = mx.sym.var(LABEL), mx.sym.softmax(head, axis=1)
     else:
-        raise ValueError(f"unknown gradient {gradient!r}: use one of {', '.join(GRADIENTS)}")
+        raise ValueError(f"unknown gradient {gradient!r}")
     return mx.sym.Group([head, mx.sym.BlockGrad(metrics.batch_metrics(probs, label))])
 
 
@@ -100,7 +97,7 @@ def head_gradients(exe, gradient):
         return None
     if gradient == "manual":
         return [softmax_cross_entropy_grad(exe.outputs[0], exe.arg_dict[LABEL])]
-    raise ValueError(f"unknown gradient {gradient!r}: use one of {', '.join(GRADIENTS)}")
+    raise ValueError(f"unknown gradient {gradient!r}")
 
 
 def probabilities(outputs, gradient):

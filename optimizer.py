@@ -165,7 +165,7 @@ def lr_schedule(kind, learning_rate, total_updates, step_updates=(), factor=0.1)
         # From learning_rate at the first update to 0 at the last, as mx.lr_scheduler's cosine.
         return lambda num_update: learning_rate * (
             1 + math.cos(math.pi * min(num_update, total_updates) / total_updates)) / 2
-    raise ValueError(f"unknown learning-rate schedule {kind!r}: use none, step or cosine")
+    raise ValueError(f"unknown learning-rate schedule {kind!r}")
 
 
 def create(config, batches):
