@@ -46,6 +46,18 @@ def iterators(config, contexts, rng, shard=(0, 1), log=None):
     return train, test
 
 
+def load_mnist(data_dir=None, dataset="mnist"):
+    """(train_images, train_labels, test_images, test_labels) of a data set, as numpy arrays.
+
+    Images are (N, 784) float32 in [0, 1], made of the bytes by to_floats, as training sees them;
+    labels are the stored class indices. data_dir: the folder of the four files (None: MNIST_DIR
+    for mnist, else the data set's cache, downloading what is missing).
+    """
+    chosen = datasets.DATASETS[dataset]
+    train_x, train_y, test_x, test_y, _ = idx_files.read(idx_files.find(chosen, data_dir), chosen)
+    return to_floats(train_x), train_y, to_floats(test_x), test_y
+
+
 def to_floats(images):
     """uint8 pixel bytes -> float32 in [0, 1]: each byte times PIXEL_SCALE."""
     return images.astype(np.float32) * PIXEL_SCALE

@@ -216,16 +216,9 @@ def bound_model(hidden=(16,), seed=0, iterators=None, opt=None, **settings):
 
 
 def load_mnist(folder):
-    """(train_images, train_labels, test_images, test_labels) of the IDX files in folder.
-
-    Images as (N, 784) float32 in [0, 1], made from the bytes as data.py makes them; labels as
-    they are stored.
-    """
+    """(train_images, train_labels, test_images, test_labels) of the IDX files in folder."""
     import data
-    from harness import datasets, idx_files
-    paths = idx_files.find(datasets.DATASETS["mnist"], folder)
-    train_x, train_y, test_x, test_y, _ = idx_files.read(paths)
-    return data.to_floats(train_x), train_y, data.to_floats(test_x), test_y
+    return data.load_mnist(folder)
 
 
 def batch_of(images, labels):
