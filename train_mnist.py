@@ -237,4 +237,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # main()'s exit code ends the process, by signals.run: never by Python's own shutdown, where a
+    # signal would find no handler.
+    signals.run(main)

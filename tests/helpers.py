@@ -269,7 +269,7 @@ import train_mnist
 for variable, before in (("SIGNAL_IN", True), ("SIGNAL_AFTER", False)):
     if os.environ.get(variable):
         wrap(os.environ[variable], before)
-sys.exit(train_mnist.main(sys.argv[2:]))
+signals.run(lambda: train_mnist.main(sys.argv[2:]))
 """
 
 

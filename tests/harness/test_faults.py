@@ -698,14 +698,14 @@ CASES = [
         "divergence from a huge weight decay",
         _nothing,
         ["--model-prefix", "{d}/fresh", "--wd", "1000"],
-        3,
+        1,
         "--wd 1000.0 is too large for --lr 0.1",
     ),
     (
         "divergence from a huge learning rate",
         _nothing,
         ["--model-prefix", "{d}/fresh", "--lr", "1e8"],
-        3,
+        1,
         "try a smaller --lr",
     ),
     (
