@@ -273,6 +273,37 @@ signals.run(lambda: train_mnist.main(sys.argv[2:]))
 """
 
 
+def default_signals():
+    """In a child, before it runs: SIGINT, SIGTERM and SIGHUP by default, whatever pytest inherited.
+
+    A signal ignored when a process starts stays ignored by the trainer (as nohup means it), and a
+    pytest started by `nohup` or a script's `&` would pass that on to every trainer it starts.
+    """
+    import signal
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def wait_for_signal_handlers(process, timeout=30):
+    """Wait until process has taken its signals: until its entry's first line has run.
+
+    Before that the interpreter is still starting, and no Python code can see a signal. SIGHUP is
+    the last that signals.install() takes, or, if SIGHUP was ignored at the start, SIGTERM.
+    """
+    import signal
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{process.pid}/status") as f:
+            masks = {line.split(":")[0]: int(line.split()[1], 16) for line in f
+                     if line.startswith(("SigCgt:", "SigIgn:"))}
+        hup, term = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGTERM - 1)
+        if masks["SigCgt"] & hup or masks["SigIgn"] & hup and masks["SigCgt"] & term:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {process.pid} never took its signal handlers")
+
+
 def train_with_faults(argv, env=None, wait=True, timeout=120):
     """train_mnist.py with argv under FAULT_DRIVER."""
     # (exit code, stderr), or the process if not wait.
@@ -285,6 +316,7 @@ def train_with_faults(argv, env=None, wait=True, timeout=120):
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, **(env or {})),
+        preexec_fn=default_signals,
     )
     if not wait:
         return process
