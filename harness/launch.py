@@ -184,8 +184,9 @@ class _Job:
         # Why the job failed, or which process a signal killed; since when it stops cleanly; a
         # stop that came as it ended.
         self.failed, self.killed, self.stopping, self.late = None, None, None, None
-        # The launcher's own signal was acted on; the job is being ended (its output is dropped).
-        self.signalled, self.ending = False, False
+        # The launcher's own signal was acted on; the job is being ended (its output is dropped);
+        # the launcher's stdout was closed under it.
+        self.signalled, self.ending, self.closed = False, False, False
         # When the tracker ended.
         self.ended = None
         # The first threads line of each kind: each process prints its own.
@@ -194,36 +195,63 @@ class _Job:
         self.reader.start()
 
     def _read(self):
+        """Read the tracker's output to its end: act on the job's own lines, relay the rest."""
         tag = re.escape(self.where[0])
-        report = rf"{launched.MARK} {tag} role=(\S*) task=(\S*) host=(\S*) pid=(\d+) code=(-?\d+)"
+        patterns = (rf"{launched.MARK} {tag} role=(\S*) task=(\S*) host=(\S*) pid=(\d+) "
+                    r"code=(-?\d+)", rf"{launched.LOST} role=(\S*) host=(\S*) code=(-?\d+)",
+                    rf"{signals.STOP_REQUEST} {tag} (\S+) (\d+) (\S+) (\S+)",
+                    rf"{signals.LOOP} {tag} (in|out)")
         for line in self.process.stdout:
-            text = line.strip()
-            found = [re.fullmatch(pattern, text) for pattern in (
-                report, rf"{launched.LOST} role=(\S*) host=(\S*) code=(-?\d+)",
-                rf"{signals.STOP_REQUEST} {tag} (\S+) (\d+) (\S+) (\S+)",
-                rf"{signals.LOOP} {tag} (in|out)")]
-            if found[0]:
-                self._report(*found[0].groups())
-            elif found[1]:
-                role, host, code = found[1].groups()
-                # 255: ssh's own failure, not the process's (whose guard has reported it).
-                if code == "255" and self.failed is None:
-                    self.failed = f"the connection to {role} on {host} was lost"
-            elif found[2]:
-                self.requests.append(found[2].groups())
-            elif found[3]:
-                self.loops[found[3][1]] += 1
-            elif not self.ending and not self._repeated(text):
-                sys.stdout.write(line)
-                sys.stdout.flush()
+            # On a terminal (ssh -tt), a job's line may follow a progress bar left unfinished.
+            found = [re.search(pattern + r"\s*$", line) for pattern in patterns]
+            kind = next((i for i, match in enumerate(found) if match), None)
+            if kind is None:
+                self._relay(line)
+                continue
+            self._relay(line[:found[kind].start()])
+            self._take(kind, found[kind].groups())
 
-    def _repeated(self, text):
-        """Whether text is a threads line that another process of the job has printed already."""
-        if not text.startswith("threads: "):
-            return False
-        seen = text in self.threads
-        self.threads.add(text)
-        return seen
+    def _take(self, kind, fields):
+        """A line of the job's own, by its kind: a report, a lost launch, a stop request, a loop."""
+        if kind == 0:
+            self._report(*fields)
+        elif kind == 1:
+            role, host, code = fields
+            # 255: ssh's own failure, not the process's (whose guard has reported it).
+            if code == "255" and self.failed is None:
+                self.failed = f"the connection to {role} on {host} was lost"
+        elif kind == 2:
+            self.requests.append(fields)
+        elif kind == 3:
+            self.loops[fields[0]] += 1
+        else:
+            raise ValueError(f"no kind of line {kind}")
+
+    def _relay(self, text):
+        """Show text of the job's output, but once the job is being ended, and but repeats.
+
+        Each process of the job prints its threads line: each different one is shown once. A
+        stdout closed under the launcher stops the job, as a SIGPIPE would; the line that says how
+        a process of it ended (`PROGRAM: stopped by...`, `PROGRAM: error: ...`) then goes to stderr.
+        """
+        plain = text.replace("\x1b[K", "").strip()
+        if self.ending or not text or plain.startswith("threads: ") and plain in self.threads:
+            return
+        if plain.startswith("threads: "):
+            self.threads.add(plain)
+        if self.closed:
+            if re.match(r"\S+: (stopped by |error: )", plain):
+                print(plain, file=sys.stderr, flush=True)
+            return
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            self.closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+            signals.stop_for(signal.SIGPIPE)
 
     def _report(self, role, task, host, pid, code):
         """A guard's report: a worker that a signal stopped stops the job; any other failure too."""

@@ -16,7 +16,7 @@ from harness import compat
 # point.
 compat.install()
 
-from helpers import REAL_MNIST, ROOT, write_mnist
+from helpers import REAL_MNIST, ROOT, Job, write_mnist
 
 
 @pytest.fixture
@@ -57,3 +57,17 @@ def default_run(tmp_path_factory):
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     return done.stdout, [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+@pytest.fixture
+def jobs():
+    """Start a job as Job(launcher_args, command) does; every one is ended when the test ends."""
+    started = []
+
+    def start(launcher_args, command, **popen):
+        started.append(Job(launcher_args, command, **popen))
+        return started[-1]
+    yield start
+    for job in started:
+        job.kill()
+

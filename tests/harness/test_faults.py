@@ -820,7 +820,7 @@ def test_a_signal_during_startup_is_one_line_and_exit_130(saved, signum):
             text=True,
             preexec_fn=default_signals,
         )
-        wait_for_signal_handlers(process)
+        wait_for_signal_handlers(process.pid)
         time.sleep(delay)
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)

@@ -292,7 +292,7 @@ def test_two_signals_at_a_random_moment_of_start_up_end_the_run_with_one_or_two_
     rng = np.random.RandomState(6)
     for delay in rng.uniform(0, 1.0, size=16):
         process = _tiny_run(mnist, "--plot-dir", "none")
-        wait_for_signal_handlers(process)
+        wait_for_signal_handlers(process.pid)
         time.sleep(delay)
         first, second = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP], size=2)
         process.send_signal(first)
@@ -310,7 +310,7 @@ def test_a_signal_at_any_moment_of_a_run_ends_it_with_its_line_and_130_or_it_fin
     stopped = 0
     for i, delay in enumerate(rng.uniform(0, 4.0, size=16)):
         process = _tiny_run(mnist, "--model-prefix", str(tmp_path / f"m{i}"))
-        wait_for_signal_handlers(process)
+        wait_for_signal_handlers(process.pid)
         time.sleep(delay)
         for _ in range(rng.randint(1, 3)):
             process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP]))
@@ -328,7 +328,7 @@ def test_a_run_that_started_with_a_signal_ignored_trains_through_it(mnist, tmp_p
         signal.signal(getattr(signal, ignored), signal.SIG_IGN)
     prefix = str(tmp_path / "m")
     process = _tiny_run(mnist, "--model-prefix", prefix, "--num-epochs", "3", preexec_fn=start)
-    wait_for_signal_handlers(process)
+    wait_for_signal_handlers(process.pid)
     # During start-up and in the first epoch, as a closed terminal would send it.
     for _ in range(3):
         process.send_signal(getattr(signal, sent))
