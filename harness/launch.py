@@ -24,6 +24,13 @@ running. So this module runs it under a watchdog (harness/launched.py is its sid
 The exit code is 0 when every process ended well, 130 on a stop, 2 for bad flags, 1 otherwise
 (naming the first process that failed, or the timeout).
 """
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script (python harness/launch.py), it finds its package beside this file's folder.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from harness import signals
 
 if __name__ == "__main__":
@@ -32,7 +39,6 @@ if __name__ == "__main__":
     signals.install("harness.launch")
 
 import argparse
-import os
 import re
 import secrets
 import shlex
@@ -40,7 +46,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time

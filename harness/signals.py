@@ -49,6 +49,8 @@ class _State:
     # The first signal's number, and how many have arrived (counted by the watcher).
     received = None
     count = 0
+    # Python's handler has run once: it acts on the first signal alone.
+    seen = False
     # What a stop now means, for its one line.
     stage = "before training began; nothing saved"
     # main() is running and will catch Interrupted.
@@ -131,14 +133,15 @@ def _watch(read_end):
 
 
 def _handle(signum, frame):
-    """Python's handler, in the main thread: record the first signal; raise Interrupted for it.
+    """Python's handler, in the main thread: record the signal; raise Interrupted for the first.
 
-    Only for the first, and only where main() will catch it: a later signal is the watcher's.
+    Only for the first this handler sees (the watcher may have seen it first), and only where
+    main() will catch it and the loop does not defer it: a later one is the watcher's.
     """
-    if _State.received is not None:
-        return
-    _State.received = signum
-    if _State.serving or _State.deferred:
+    first, _State.seen = not _State.seen, True
+    if _State.received is None:
+        _State.received = signum
+    if not first or _State.serving or _State.deferred:
         return
     if not _State.guarded:
         exit_now(_line(signum))
