@@ -4,22 +4,30 @@ harness.launch runs this file as a script: `python launched.py --tracker HOST_IP
 runs MXNet's own launcher (its dmlc tracker), which starts the scheduler, the servers and the
 workers, each as `python launched.py --guard TAG -- COMMAND`. A guard runs its process and reports
 its role, host and exit on a line of its own, which harness.launch reads on the tracker's output.
-Standard library only, but for the tracker, which loads MXNet.
+It imports nothing heavy, but for the tracker, which loads MXNet.
 """
 import os
+import sys
+
+if __name__ == "__main__":
+    # Run as a script, it finds its package beside this file's folder.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
+
+from harness.signals import JOB_TAG
 
 HERE = os.path.abspath(__file__)
 # How a guard's report line starts, and the tracker's of a launch command that failed.
 MARK = "@@harness.launch"
 LOST = "@@harness.launch-failed"
-# In every process's environment: how a stop finds them. The guard marks its own child.
-TAG, CHILD = "LAUNCH_JOB_TAG", "LAUNCH_JOB_CHILD"
+# In every process's environment, how a stop finds them: the job's tag; and the guard's mark on
+# its own child.
+TAG, CHILD = JOB_TAG, "LAUNCH_JOB_CHILD"
 # How long a clean stop may take: every worker's last step, rank 0's save, ps-lite's shutdown.
 STOPPING_S = 60.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -37,8 +45,7 @@ def main(argv):
 def tracker(host_ip, port, argv):
     """Run mxnet.tools.launch in this process, as `python -m mxnet.tools.launch argv` would."""
     import runpy
-    # This file runs as a script here: the project's root makes its package importable.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
     from harness import compat
     compat.install()
     # The dmlc tracker in mxnet 1.9.1 calls Thread.isAlive(), which Python 3.9 removed: the alias

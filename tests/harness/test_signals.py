@@ -236,6 +236,35 @@ def test_a_standard_stream_closed_at_the_start_is_held_by_dev_null_before_any_fi
         assert said[str(fd)] == os.devnull
 
 
+# main() returns a code; then, as run() ends the process (its atexit functions), a signal comes.
+_AT_THE_END = """
+import atexit, os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from harness import errors, signals
+signals.install("prog")
+atexit.register(os.kill, os.getpid(), signal.SIGTERM)
+def main():
+    with signals.guard(), errors.reported("prog") as outcome:
+        signals.set_stage("after the run ended; nothing was to be saved")
+        if sys.argv[2] == "refused":
+            raise errors.ConfigError("--lr must be a number > 0")
+    return outcome.code
+signals.run(main)
+"""
+
+
+@pytest.mark.parametrize("outcome, code, err", [
+    ("succeeded", 130, "prog: stopped by SIGTERM after the run ended; nothing was to be saved\n"),
+    ("refused", 2, "prog: error: --lr must be a number > 0\n"),
+])
+def test_a_signal_as_the_process_ends_stops_a_run_that_succeeded_and_leaves_a_failure_as_it_was(
+    outcome, code, err
+):
+    done = subprocess.run([sys.executable, "-c", _AT_THE_END, ROOT, outcome], capture_output=True,
+                          text=True, timeout=60, preexec_fn=default_signals)
+    assert (done.returncode, done.stderr) == (code, err)
+
+
 def _tiny_run(folder, *extra, **popen):
     """train_mnist.py itself, as a user starts it: a second or two of training on folder."""
     command = [sys.executable, os.path.join(ROOT, "train_mnist.py"), "--data-dir", folder,
