@@ -93,6 +93,7 @@ def _tuning(value, cores):
 
 
 def _file(value, cores):
+    """The path of a file that exists."""
     return None if os.path.isfile(value) else "is not a file"
 
 

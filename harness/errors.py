@@ -94,12 +94,14 @@ class reported:
     """
 
     def __init__(self, program):
+        """program: the name the lines start with."""
         self.program, self.code = program, SUCCESS
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
+        """Say error's one line and keep its code; let through what is no error of the run's."""
         from harness import signals
         if error is None or not isinstance(error, (Exception, Interrupted)):
             return False

@@ -98,6 +98,7 @@ def main(argv=None):
 
 
 def _parse(argv):
+    """The launcher's flags and the job's command from argv; a flag it refuses exits with 2."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.launch", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -182,7 +183,10 @@ class _Job:
     """
 
     def __init__(self, process, sizes, where):
-        # sizes: (workers, servers); where: (the job's tag, its ssh hosts, their ssh_config).
+        """Start reading process's output, the tracker's, in a thread of its own.
+
+        sizes: (workers, servers); where: (the job's tag, its ssh hosts, their ssh_config).
+        """
         self.process, (self.workers, servers), self.where = process, sizes, where
         self.expected = self.workers + servers + 1
         self.reports, self.requests, self.loops = [], [], {"in": 0, "out": 0}
@@ -389,6 +393,7 @@ class _Job:
         return " and ".join(parts) or "none of them"
 
     def _workers_done(self):
+        """Whether every worker has reported its exit."""
         return sum(1 for role, _ in self.reports if role == "worker") == self.workers
 
 

@@ -91,6 +91,7 @@ def guard(tag, command):
     child, pending = [], []
 
     def forward(signum, frame):
+        """Pass signum on to a worker child, or keep it until the child exists."""
         if not child:
             pending.append(signum)
             return

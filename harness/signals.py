@@ -150,6 +150,7 @@ def _handle(signum, frame):
 
 
 def _line(signum):
+    """The line a stop by signum says now (None: this process says none)."""
     return None if _State.serving else f"stopped by {name(signum)} {_State.stage}"
 
 
@@ -240,6 +241,7 @@ def _exit_code(code):
 
 
 def _say_error(line, prefixed=True):
+    """Write line on stderr in one write, after the program's name if prefixed."""
     try:
         os.write(2, (f"{_State.program}: {line}" if prefixed else line).encode() + b"\n")
     except OSError:
@@ -247,6 +249,7 @@ def _say_error(line, prefixed=True):
 
 
 def _flush():
+    """Flush Python's stdout and stderr, whatever has become of them."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -263,6 +266,7 @@ class deferred:
     """
 
     def __enter__(self):
+        """From now on, record a signal; install the handlers if nothing has."""
         self._previous = {}
         if (
             threading.current_thread() is threading.main_thread()
@@ -278,6 +282,7 @@ class deferred:
         return self
 
     def __exit__(self, *exc_info):
+        """Back to what a signal meant before the block, and to the handlers it replaced."""
         _State.deferred = self._outer
         self._loop("out")
         for signum, handler in self._previous.items():
@@ -285,6 +290,7 @@ class deferred:
 
     @staticmethod
     def _loop(where):
+        """Tell harness.launch, in a worker of its job, that the training loop is in or out."""
         tag = os.environ.get(JOB_TAG)
         if tag and os.environ.get("DMLC_ROLE") == "worker":
             _say(f"{LOOP} {tag} {where}")
