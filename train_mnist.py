@@ -255,4 +255,6 @@ def _given(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # main()'s exit code ends the process, by signals.run: never by Python's own shutdown, where a
+    # signal would find no handler.
+    signals.run(main)

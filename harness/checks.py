@@ -22,19 +22,6 @@ MAX_LAYERS = 16
 MAX_BATCH = 1_000_000
 _FLOAT32_NORMAL = (1.1754944e-38, 3.4028235e38)
 _PATHS = ("data_dir", "metrics_file", "model_prefix", "plot_dir", "export_onnx")
-# The engines that mxnet 1.9.1's engine.cc knows; any other name ends the process in MXNet's C++.
-ENGINES = ("NaiveEngine", "ThreadedEngine", "ThreadedEnginePerDevice")
-# Thread counts that MXNet or OpenMP read as the library loads.
-_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "MXNET_OMP_MAX_THREADS",
-    "MXNET_CPU_WORKER_NTHREADS",
-    "MXNET_CPU_PRIORITY_NTHREADS",
-    "MXNET_GPU_WORKER_NTHREADS",
-    "MXNET_GPU_COPY_NTHREADS",
-)
-
-
 def check_config(config, networks, optimizers):
     """Raise ConfigError naming the flag of the first value that cannot work.
 
@@ -62,28 +49,16 @@ def check_config(config, networks, optimizers):
 
 
 def check_environment(environ=None, cores=None):
-    """Raise ConfigError for an environment variable that MXNet or OpenMP would choke on."""
+    """Refuse what MXNet, OpenMP or matplotlib would choke on in the environment; quiet the rest.
+
+    Before MXNet loads: raise ConfigError naming the first variable that would crash MXNet, give a
+    traceback or print on stderr; then make quiet what the trainer does not depend on
+    (harness/environment.py). environ is os.environ by default; cores, this process's CPUs.
+    """
+    from harness import environment
     environ = os.environ if environ is None else environ
-    cores = cores or len(os.sched_getaffinity(0))
-    for name in _THREAD_VARIABLES:
-        value = environ.get(name)
-        if value is None:
-            continue
-        # OpenMP allows a list, one count per nesting level; MXNet's own variables take one count.
-        counts = value.split(",") if name == "OMP_NUM_THREADS" else [value]
-        if not all(count.isascii() and count.isdigit() for count in counts):
-            raise ConfigError(f"{name}={value!r} is not a thread count such as 1 or 2")
-        # More threads than cores only queue for them: 1024 of them made an epoch of 1 s take
-        # minutes.
-        if not all(1 <= int(count) <= cores for count in counts):
-            raise ConfigError(f"{name}={value} must be in 1..{cores} "
-                              f"({cores} cores here); unset it to let --threads choose")
-    engine = environ.get("MXNET_ENGINE_TYPE")
-    if engine is not None and engine not in ENGINES:
-        raise ConfigError(
-            f"MXNET_ENGINE_TYPE={engine!r} is not an engine of MXNet 1.9.1: use one of "
-            f"{', '.join(ENGINES)}, or unset it"
-        )
+    environment.check(environ, cores or len(os.sched_getaffinity(0)))
+    environment.settle(environ)
 
 
 def check_batch(batch_size, num_samples, num_parts):

@@ -143,20 +143,25 @@ def _start_engine(engine):
 
     MXNet makes its engine at its first operation, and says so on stderr whenever
     MXNET_ENGINE_TYPE is set; a run that succeeds prints nothing there. Anything else written
-    to stderr meanwhile is passed on.
+    to stderr meanwhile is passed on, and a second signal's line, which ends the process at once,
+    goes to the real stderr.
     """
     import mxnet as mx
+
+    from harness import signals
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
+        signals.call_before_exit_now(lambda: os.dup2(saved, 2))
         try:
             os.dup2(captured.fileno(), 2)
             mx.nd.zeros(1).wait_to_read()
         finally:
             os.dup2(saved, 2)
+            signals.call_before_exit_now(None)
             os.close(saved)
-        captured.seek(0)
-        text = captured.read(1 << 16).decode(errors="replace")
-    for line in text.splitlines(keepends=True):
-        if f"start using engine: {engine}" not in line:
-            sys.stderr.write(line)
+            captured.seek(0)
+            text = captured.read(1 << 16).decode(errors="replace")
+            for line in text.splitlines(keepends=True):
+                if f"start using engine: {engine}" not in line:
+                    sys.stderr.write(line)

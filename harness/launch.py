@@ -1,27 +1,44 @@
-"""Launch a parameter-server job with MXNet's own launcher, mxnet.tools.launch, and watch it."""
-#     python -m harness.launch -n 2 -s 1 -- python train_mnist.py --kv-store dist_sync
-#     python -m harness.launch -n 2 -s 1 --launcher ssh -H hosts -- \
-#         python train_mnist.py --kv-store dist_sync
-#
-# MXNet's launcher (its dmlc tracker) starts the scheduler, the servers and the workers, locally,
-# over ssh or with mpirun, with the DMLC_* variables that ps-lite reads. On its own it does not
-# notice a process that dies: the job then waits forever, and a stopped launcher leaves the rest
-# running. So this module runs it under a watchdog:
-#
-# - each process of the job runs under a guard (this module with --guard), which reports its exit;
-# - the scheduler listens on a free port of its own, so that jobs on one machine do not collide;
-# - a worker that a signal stopped (exit 130, its step saved) stops the job cleanly: the other
-#   workers stop with it (they agree on it in the gradients' sum), and the job ends with exit 130
-#   and the one line that rank 0 prints;
-# - a signal to this launcher is passed to the job's workers alone, for the same clean stop; a
-#   second one, or a clean stop that does not end in time, ends every process at once;
-# - when a process fails, or --timeout passes, every process is stopped: the local ones by their
-#   session, the remote ones by their ssh connection (run with -tt, so that they get a hangup when
-#   it closes) and by a search for the job's tag.
-# The exit code is 0 when every process ended well, 1 naming the first that did not, 124 on
-# --timeout, 130 on a signal.
-import argparse
+"""Launch a parameter-server job with MXNet's own launcher, mxnet.tools.launch, and watch it.
+
+    python -m harness.launch -n 2 -s 1 -- python train_mnist.py --kv-store dist_sync
+    python -m harness.launch -n 2 -s 1 --launcher ssh -H hosts -- \\
+        python train_mnist.py --kv-store dist_sync
+
+MXNet's launcher (its dmlc tracker) starts the scheduler, the servers and the workers, locally,
+over ssh or with mpirun, with the DMLC_* variables that ps-lite reads. On its own it does not
+notice a process that dies: the job then waits forever, and a stopped launcher leaves the rest
+running. So this module runs it under a watchdog (harness/launched.py is its side inside the job):
+
+- each process of the job runs under a guard, which reports its exit;
+- the scheduler listens on a free port of its own, so that jobs on one machine do not collide;
+- the launcher owns its signals from its first line (harness/signals.py). A stop, whether a signal
+  to the launcher, to a server or to the scheduler (which ask the launcher for it), is a clean stop
+  once every worker is in its training loop: SIGTERM to the workers alone, which agree on the step
+  to stop after, and rank 0 saves it and prints the job's one line. Before that, no step can be
+  saved: the job ends at once, with the launcher's line. A second signal ends every process now;
+- a worker that a signal stopped (exit 130) stops the job: the others stop with it in the loop;
+  before it, the job ends at once;
+- when a process fails, or --timeout passes, every process is stopped: the local ones by their
+  session, the remote ones by their ssh connection (run with -tt, so that they get a hangup when
+  it closes) and by a search for the job's tag.
+The exit code is 0 when every process ended well, 130 on a stop, 2 for bad flags, 1 otherwise
+(naming the first process that failed, or the timeout).
+"""
 import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script (python harness/launch.py), it finds its package beside this file's folder.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from harness import signals
+
+if __name__ == "__main__":
+    # First of all: from this line on, a signal to the launcher ends it with one line, and with it
+    # whatever of its job it has started.
+    signals.install("harness.launch")
+
+import argparse
 import re
 import secrets
 import shlex
@@ -29,44 +46,31 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-_HERE = os.path.abspath(__file__)
-# How a guard's report line starts, and the tracker's of a launch command that failed.
-_MARK = "@@harness.launch"
-_LOST = "@@harness.launch-failed"
+from harness import launched
+from harness.errors import FAILED, REFUSED, STOPPED, SUCCESS
+
 # After SIGTERM, before SIGKILL: a process blocked in ps-lite does not see SIGTERM.
 _GRACE_S = 3.0
 # How long the reports of a job may trail the tracker's exit, when its scheduler did not end well.
 _LATE_S = 10.0
-# How long a clean stop may take: every worker's last step, rank 0's save, ps-lite's shutdown.
-_STOPPING_S = 60.0
-# In every process's environment: how a stop finds them. The guard marks its own child.
-_TAG, _CHILD = "LAUNCH_JOB_TAG", "LAUNCH_JOB_CHILD"
 # What the trainer prints its resume command with.
 _LAUNCHER_ENV = "HARNESS_LAUNCHER"
+_TAG, _CHILD = launched.TAG, launched.CHILD
 
 
 def main(argv=None):
+    """Launch the job that argv describes, watch it, and return the launcher's exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--guard"]:
-        return _guard(argv[1], argv[3:])
-    if argv[:1] == ["--tracker"]:
-        return _tracker(argv[1], int(argv[2]), argv[3:])
+    signals.set_stage("before the job started; nothing ran")
     args = _parse(argv)
     tag = "job-" + secrets.token_hex(6)
     command = shlex.join([sys.executable, _guard_path(args), "--guard", tag, "--", *args.command])
-    tracker = [
-        "-n",
-        str(args.num_workers),
-        "-s",
-        str(args.num_servers),
-        "--launcher",
-        args.launcher,
-    ]
+    tracker = ["-n", str(args.num_workers), "-s", str(args.num_servers),
+               "--launcher", args.launcher]
     tracker += ["-H", args.hostfile] if args.hostfile else []
     tracker += ["--sync-dst-dir", args.sync_dst_dir] if args.sync_dst_dir else []
     own = argv[:len(argv) - len(args.command)]
@@ -76,25 +80,28 @@ def main(argv=None):
         # ps-lite's nodes listen on this address (ssh and mpi set their own).
         env.setdefault("DMLC_NODE_HOST", args.host_ip)
     hosts = _hosts(args) if args.launcher == "ssh" else []
-    with tempfile.TemporaryDirectory(prefix="launch-") as shim:
+    # From here a signal is recorded, and the watch acts on it: no process is ever left unwatched.
+    with signals.deferred(), tempfile.TemporaryDirectory(prefix="launch-") as shim:
         if args.launcher == "ssh":
             env["PATH"] = _ssh_shim(shim, args.ssh_config) + os.pathsep + env["PATH"]
-        port = _free_port()
-        process = subprocess.Popen([sys.executable, _HERE, "--tracker", args.host_ip, str(port),
-                                    *tracker, command], env=env, start_new_session=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [sys.executable, launched.HERE, "--tracker", args.host_ip, str(_free_port()), *tracker,
+             command], env=env, start_new_session=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
         job = _Job(process, (args.num_workers, args.num_servers), (tag, hosts, args.ssh_config))
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, job.on_signal)
+        signals.call_before_exit_now(lambda: (job.end_now(), shutil.rmtree(shim, True)))
         try:
             return job.watch(args.timeout)
         finally:
             _stop(process, tag, hosts, args.ssh_config)
+            signals.set_stage("after the job ended")
 
 
 def _parse(argv):
+    """The launcher's flags and the job's command from argv; a flag it refuses exits with 2."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.launch", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s -n N [-s S] [--launcher L] [-H HOSTFILE] ... -- COMMAND")
     parser.add_argument(
         "-n", "--num-workers", type=int, required=True, help="the number of workers"
@@ -148,15 +155,15 @@ def _parse(argv):
         if failed
     ]
     if problems:
-        parser.exit(2, f"harness.launch: error: {problems[0]}\n")
+        parser.exit(REFUSED, f"harness.launch: error: {problems[0]}\n")
     return args
 
 
 def _guard_path(args):
-    # With --sync-dst-dir the job runs from the copy of the current folder: this file, in it.
-    if args.sync_dst_dir and _HERE.startswith(os.getcwd() + os.sep):
-        return os.path.join(args.sync_dst_dir, os.path.relpath(_HERE))
-    return _HERE
+    """The guard's script on the hosts: with --sync-dst-dir, in the copy of the current folder."""
+    if args.sync_dst_dir and launched.HERE.startswith(os.getcwd() + os.sep):
+        return os.path.join(args.sync_dst_dir, os.path.relpath(launched.HERE))
+    return launched.HERE
 
 
 def _free_port():
@@ -167,145 +174,212 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _tracker(host_ip, port, argv):
-    """Run mxnet.tools.launch in this process, as `python -m mxnet.tools.launch argv` would."""
-    import runpy
-    # This file runs as a script here: the project's root makes its package importable.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_HERE)))
-    from harness import compat
-    compat.install()
-    # The dmlc tracker in mxnet 1.9.1 calls Thread.isAlive(), which Python 3.9 removed: the alias
-    # lets it run unchanged.
-    if not hasattr(threading.Thread, "isAlive"):
-        threading.Thread.isAlive = threading.Thread.is_alive
-    from dmlc_tracker import tracker
-    # mxnet.tools.launch cannot say which address the scheduler listens on; its guess can be one
-    # the other hosts do not reach. --host-ip says it, and the port is the one chosen for this job.
-    tracker.get_host_ip = lambda host_ip_=None: host_ip
-    tracker.PSTracker.__init__.__defaults__ = (port, port + 1, None)
-    # A launch command that fails raises in the tracker's thread, which prints a traceback and ends,
-    # while the job waits for its process forever: report it instead, as a guard reports an exit.
-    threading.excepthook = _report_launch_failure
-    sys.argv = ["mxnet.tools.launch", *argv]
-    runpy.run_module("mxnet.tools.launch", run_name="__main__", alter_sys=True)
-    return 0
-
-
-def _report_launch_failure(hook):
-    """A failed launch command of the tracker's: a line for the watchdog, not a traceback."""
-    error = hook.exc_value
-    # The local launcher's way of saying a process exited non-zero, which its guard has reported.
-    if isinstance(error, RuntimeError) and str(error).startswith("Get nonzero return code="):
-        return None
-    if not isinstance(error, subprocess.CalledProcessError):
-        return threading.__excepthook__(hook)
-    command = str(error.cmd)
-    role = re.search(r"DMLC_ROLE=(\w+)", command)
-    host = re.search(r"DMLC_NODE_HOST=([^;\s']+)", command)
-    print(f"{_LOST} role={role[1] if role else '?'} host={host[1] if host else '?'} "
-          f"code={error.returncode}", flush=True)
-
-
-def _guard(tag, command):
-    """Run one process of the job; report its role, host and exit on a line the watchdog reads."""
-    role = os.environ.get("DMLC_ROLE", "?")
-    child = subprocess.Popen(command, env=dict(os.environ, **{_TAG: tag, _CHILD: "1"}))
-
-    def forward(signum, frame):
-        # A scheduler or a server must outlive the workers' last step: a stop is for workers.
-        if role == "worker":
-            child.send_signal(signum)
-        # A hangup: the connection to the launcher is gone, and with it the launcher's stop. The
-        # child has the clean stop's time, then ends, whatever it waits for.
-        if signum == signal.SIGHUP:
-            timer = threading.Timer(_STOPPING_S, lambda: child.poll() is None and child.kill())
-            timer.daemon = True
-            timer.start()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    code = child.wait()
-    task = os.environ.get("DMLC_TASK_ID", "")
-    print(f"{_MARK} {tag} role={role} task={task} host={socket.gethostname()} pid={child.pid} "
-          f"code={code}", flush=True)
-    return code if code >= 0 else 128 - code
-
-
 class _Job:
-    """The tracker's output, relayed line by line, with the guards' reports picked out of it."""
+    """The tracker's output, relayed line by line, with the job's own lines picked out of it.
+
+    Those are the guards' reports of each process's exit, the tracker's of a launch that failed,
+    the workers' word that their training loop begins and ends, and a serving process's request to
+    stop the job (harness/signals.py).
+    """
 
     def __init__(self, process, sizes, where):
-        # sizes: (workers, servers); where: (the job's tag, its ssh hosts, their ssh_config).
+        """Start reading process's output, the tracker's, in a thread of its own.
+
+        sizes: (workers, servers); where: (the job's tag, its ssh hosts, their ssh_config).
+        """
         self.process, (self.workers, servers), self.where = process, sizes, where
         self.expected = self.workers + servers + 1
-        self.reports, self.failed, self.stopping, self.signals = [], None, None, 0
+        self.reports, self.requests, self.loops = [], [], {"in": 0, "out": 0}
+        # Why the job failed, or which process a signal killed; since when it stops cleanly; a
+        # stop that came as it ended.
+        self.failed, self.killed, self.stopping, self.late = None, None, None, None
+        # The launcher's own signal was acted on; the job is being ended (its output is dropped);
+        # the launcher's stdout was closed under it.
+        self.signalled, self.ending, self.closed = False, False, False
+        # When the tracker ended.
+        self.ended = None
+        # The first threads line of each kind: each process prints its own.
+        self.threads = set()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self):
-        pattern = rf"{_MARK} \S+ role=(\S*) task=(\S*) host=(\S*) pid=(\d+) code=(-?\d+)"
+        """Read the tracker's output to its end: act on the job's own lines, relay the rest."""
+        tag = re.escape(self.where[0])
+        patterns = (rf"{launched.MARK} {tag} role=(\S*) task=(\S*) host=(\S*) pid=(\d+) "
+                    r"code=(-?\d+)", rf"{launched.LOST} role=(\S*) host=(\S*) code=(-?\d+)",
+                    rf"{signals.STOP_REQUEST} {tag} (\S+) (\d+) (\S+) (\S+)",
+                    rf"{signals.LOOP} {tag} (in|out)")
         for line in self.process.stdout:
-            lost = re.match(rf"{_LOST} role=(\S*) host=(\S*) code=(-?\d+)", line.strip())
-            if lost:
-                role, host, code = lost.groups()
-                # 255: ssh's own failure, not the process's (whose guard has reported it).
-                if code == "255" and self.failed is None:
-                    self.failed = f"the connection to {role} on {host} was lost"
+            # On a terminal (ssh -tt), a job's line may follow a progress bar left unfinished.
+            found = [re.search(pattern + r"\s*$", line) for pattern in patterns]
+            kind = next((i for i, match in enumerate(found) if match), None)
+            if kind is None:
+                self._relay(line)
                 continue
-            match = re.match(pattern, line.strip())
-            if not match:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                continue
-            role, task, host, pid, code = match.groups()
-            self.reports.append((role, int(code)))
-            if role == "worker" and int(code) == 130:
-                # A worker stopped on a signal, after saving: the others stop with it.
-                self.stopping = self.stopping or time.monotonic()
-            elif int(code) != 0 and self.failed is None:
-                what = f"{role}{' ' + task if task else ''} on {host} (pid {pid})"
-                self.failed = f"{what} {_describe(int(code))}"
+            self._relay(line[:found[kind].start()])
+            self._take(kind, found[kind].groups())
 
-    def on_signal(self, signum, frame):
-        """A signal to the launcher: a clean stop of the job's workers; a second, the end now."""
-        self.signals += 1
-        if self.signals > 1:
-            raise KeyboardInterrupt
-        self.stopping = self.stopping or time.monotonic()
-        _signal_workers(signal.SIGTERM, *self.where)
+    def _take(self, kind, fields):
+        """A line of the job's own, by its kind: a report, a lost launch, a stop request, a loop."""
+        if kind == 0:
+            self._report(*fields)
+        elif kind == 1:
+            role, host, code = fields
+            # 255: ssh's own failure, not the process's (whose guard has reported it).
+            if code == "255" and self.failed is None:
+                self.failed = f"the connection to {role} on {host} was lost"
+        elif kind == 2:
+            self.requests.append(fields)
+        elif kind == 3:
+            self.loops[fields[0]] += 1
+        else:
+            raise ValueError(f"no kind of line {kind}")
+
+    def _relay(self, text):
+        """Show text of the job's output, but once the job is being ended, and but repeats.
+
+        Each process of the job prints its threads line: each different one is shown once. A
+        stdout closed under the launcher stops the job, as a SIGPIPE would; the line that says how
+        a process of it ended (`PROGRAM: stopped by...`, `PROGRAM: error: ...`) then goes to stderr.
+        """
+        plain = text.replace("\x1b[K", "").strip()
+        if self.ending or not text or plain.startswith("threads: ") and plain in self.threads:
+            return
+        if plain.startswith("threads: "):
+            self.threads.add(plain)
+        if self.closed:
+            if re.match(r"\S+: (stopped by |error: )", plain):
+                print(plain, file=sys.stderr, flush=True)
+            return
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            self.closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+            signals.stop_for(signal.SIGPIPE)
+
+    def _report(self, role, task, host, pid, code):
+        """A guard's report: a worker that a signal stopped stops the job; any other failure too."""
+        code = int(code)
+        self.reports.append((role, code))
+        what = f"{role}{' ' + task if task else ''} on {host} (pid {pid})"
+        if code == STOPPED and role == "worker":
+            self.requests.append((None, None, what, None))
+        elif code < 0 and -code in signals.SIGNALS and self.killed is None:
+            # Killed by a signal before it could take one (its interpreter was starting): a stop.
+            self.killed = f"{what} {_describe(code)}"
+        # A serving process that a signal stopped (130) ends as the job does, or has asked for the
+        # end now.
+        elif code not in (SUCCESS, STOPPED) and self.failed is None:
+            self.failed = f"{what} {_describe(code)}"
+
+    def on_stop(self, cause, by_worker=False):
+        """A stop: clean in the loop; at once before it; as it ends, none. Return a code, or None.
+
+        cause: what stopped the job, for the line (None: a worker, which has said its own).
+        """
+        if self.stopping or self.late:
+            return None
+        if self.loops["in"] < self.workers:
+            if by_worker:
+                self.ending = True
+                return STOPPED
+            return self._end(f"stopped by {cause} before training began; nothing saved", STOPPED)
+        if self.loops["out"]:
+            # Training is over: the job ends by itself, and a worker's own stop has said so.
+            self.late = None if by_worker else cause
+            return None
+        self.stopping = time.monotonic()
+        if not by_worker:
+            _signal_workers(signal.SIGTERM, *self.where)
+        return None
+
+    def _take_stops(self):
+        """Act on the stops that came since the last look: the launcher's signal, and requests."""
+        if signals.received() is not None and not self.signalled:
+            self.signalled = True
+            code = self.on_stop(signals.name(signals.received()))
+            if code is not None:
+                return code
+        while self.requests:
+            signame, count, role, host = self.requests.pop(0)
+            if signame is None:
+                code = self.on_stop(None, by_worker=True)
+            elif count == "1":
+                code = self.on_stop(f"{signame} to the {role} on {host}")
+            else:
+                code = self._end(f"stopped by a second {signame} to the {role} on {host}; "
+                                 "ending the job now", STOPPED)
+            if code is not None:
+                return code
+        return None
 
     def watch(self, timeout):
-        """Wait for the job; return its exit code, printing why it failed."""
-        started, ended = time.monotonic(), None
-        try:
-            while True:
-                if self.failed:
-                    return _fail(f"{self.failed} while the job ran; stopping the others")
-                workers = [code for role, code in self.reports if role == "worker"]
-                if len(self.reports) == self.expected or self.stopping and self._workers_done():
-                    # A clean stop: rank 0 has said what it saved, and how to resume.
-                    return 130 if self.stopping or 130 in workers else 0
-                if self.stopping and time.monotonic() - self.stopping > _STOPPING_S:
-                    return _fail(
-                        f"the job did not stop within {_STOPPING_S:g} s of a signal; ended it"
-                    )
-                if ended is None and self.process.poll() is not None:
-                    ended = time.monotonic()
-                # A scheduler that ended well has seen every worker's last step: what is left is
-                # their shutdown, which can take many seconds on a busy machine.
-                late = _STOPPING_S if ("scheduler", 0) in self.reports else _LATE_S
-                if ended is not None and time.monotonic() - ended > late:
-                    if self._workers_done() and set(workers) == {0}:
-                        return 0
-                    return _fail(f"MXNet's launcher ended, but after {late:g} s no exit was "
-                                 f"reported by {self._missing()}; stopping the others")
-                if timeout and time.monotonic() - started > timeout:
-                    print(f"harness.launch: error: the job ran past --timeout {timeout:g} s; "
-                          "stopping it", file=sys.stderr)
-                    return 124
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            print("harness.launch: stopped by a second signal; ending the job now", file=sys.stderr)
-            return 130
+        """Wait for the job; return its exit code, having printed why it failed or stopped."""
+        started = time.monotonic()
+        while True:
+            code = self._take_stops()
+            if code is None:
+                code = self._verdict()
+            if code is not None:
+                return code
+            if timeout and time.monotonic() - started > timeout:
+                return self._end(f"error: the job ran past --timeout {timeout:g} s; stopping it",
+                                 FAILED)
+            time.sleep(0.1)
+
+    def _verdict(self):
+        """The job's exit code once it is known, else None."""
+        if self.killed:
+            return self._end(f"stopped: {self.killed}; stopping the others", STOPPED)
+        if self.failed:
+            return self._end(f"error: {self.failed} while the job ran; stopping the others", FAILED)
+        workers = [code for role, code in self.reports if role == "worker"]
+        if len(self.reports) == self.expected or self.stopping and self._workers_done():
+            if self.late:
+                return self._end(f"stopped by {self.late} as the job ended; its training had "
+                                 "finished", STOPPED)
+            # A clean stop: rank 0 has said what it saved, and how to resume.
+            return STOPPED if self.stopping or STOPPED in workers else SUCCESS
+        if self.stopping and time.monotonic() - self.stopping > launched.STOPPING_S:
+            return self._end(f"error: the job did not stop within {launched.STOPPING_S:g} s of a "
+                             "signal; ended it", FAILED)
+        return self._tracker_verdict(workers)
+
+    def _tracker_verdict(self, workers):
+        """After the tracker ended: the job's code once the reports are overdue, else None."""
+        if self.process.poll() is None:
+            return None
+        if self.ended is None:
+            self.ended = time.monotonic()
+        # A scheduler that ended well has seen every worker's last step: what is left is their
+        # shutdown, which can take many seconds on a busy machine.
+        late = launched.STOPPING_S if ("scheduler", 0) in self.reports else _LATE_S
+        if time.monotonic() - self.ended <= late:
+            return None
+        if self._workers_done() and set(workers) == {0}:
+            return SUCCESS
+        return self._end(f"error: MXNet's launcher ended, but after {late:g} s no exit was "
+                         f"reported by {self._missing()}; stopping the others", FAILED)
+
+    def _end(self, line, code):
+        """Say line, stop relaying the job's output, and return code: the job is ended."""
+        self.ending = True
+        print(f"harness.launch: {line}", file=sys.stderr, flush=True)
+        return code
+
+    def end_now(self):
+        """Before the launcher ends at once (a second signal): every local process of the job too.
+
+        The remote ones get a hangup as their ssh connections, the tracker's children, end.
+        """
+        self.ending = True
+        _kill(self.process, self.where[0], signal.SIGKILL)
+        self.process.wait()
 
     def _missing(self):
         """Which of the job's processes have not reported, as "1 of 3 workers"."""
@@ -319,12 +393,8 @@ class _Job:
         return " and ".join(parts) or "none of them"
 
     def _workers_done(self):
+        """Whether every worker has reported its exit."""
         return sum(1 for role, _ in self.reports if role == "worker") == self.workers
-
-
-def _fail(message):
-    print(f"harness.launch: error: {message}", file=sys.stderr)
-    return 1
 
 
 def _describe(code):
@@ -368,16 +438,31 @@ def _signal_workers(signum, tag, hosts, ssh_config):
               f"kill -{int(signum)} ${{p#/proc/}}", tag, hosts, ssh_config)
 
 
+def _kill(process, tag, signum):
+    """Send signum to the tracker's session and to every process here with the job's tag.
+
+    SIGTERM goes to the tracker and to the job's own processes alone, not to their guards, which
+    would pass it on: each process gets it once, and stops as for one signal.
+    """
+    if signum == signal.SIGTERM:
+        targets = [(os.kill, process.pid)] + [(os.kill, pid) for pid in _tagged(tag, child=True)]
+    else:
+        targets = [(os.killpg, process.pid)] + [(os.kill, pid) for pid in _tagged(tag)]
+    for send, pid in targets:
+        try:
+            send(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _stop(process, tag, hosts, ssh_config):
     """Stop every process of the job: SIGTERM, then SIGKILL what is left after a grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in [process.pid] + _tagged(tag):
-            try:
-                os.killpg(pid, sig) if pid == process.pid else os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        # What a lost connection left running, found by the job's tag.
-        _on_hosts(f"kill -{int(sig)} ${{p#/proc/}}", tag, hosts, ssh_config)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        _kill(process, tag, signum)
+        # What a lost connection left running, found by the job's tag (first its own processes,
+        # not their guards, as here).
+        only = f"grep -qsz {_CHILD}=1 $p/environ && " if signum == signal.SIGTERM else ""
+        _on_hosts(f"{only}kill -{int(signum)} ${{p#/proc/}}", tag, hosts, ssh_config)
         deadline = time.monotonic() + _GRACE_S
         while (process.poll() is None or _tagged(tag)) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -400,8 +485,11 @@ def _on_hosts(action, tag, hosts, ssh_config):
             )
 
 
-def _tagged(tag, worker=False):
-    """The pids here whose environment holds the job's tag (worker: only its worker trainers)."""
+def _tagged(tag, worker=False, child=False):
+    """The pids here whose environment holds the job's tag.
+
+    worker: only its worker trainers; child: only the processes its guards run.
+    """
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
@@ -410,11 +498,14 @@ def _tagged(tag, worker=False):
                     env = f.read().split(b"\0")
             except OSError:
                 continue
-            if f"{_TAG}={tag}".encode() in env and (
-                    not worker or b"DMLC_ROLE=worker" in env and f"{_CHILD}=1".encode() in env):
+            if f"{_TAG}={tag}".encode() not in env:
+                continue
+            if (worker or child) and f"{_CHILD}=1".encode() not in env:
+                continue
+            if not worker or b"DMLC_ROLE=worker" in env:
                 found.append(int(entry))
     return found
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    signals.run(main)

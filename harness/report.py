@@ -25,13 +25,15 @@ RECORD_KEYS = (
 
 
 class Console:
-    """Where main() prints: on a terminal, progress is a bar redrawn in place."""
-    # Otherwise a line per report.
-    # A closed stdout (`| head -2`) stops the run as a SIGPIPE would, after saving its step,
-    # quietly.
+    """Where main() prints: on a terminal, progress is a bar redrawn in place; else a line a report.
+
+    A stdout closed while the run goes on (`| head -2`) stops it as a SIGPIPE would, after saving
+    its step, with its line on stderr. A stream that is None (no stdout at all) shows nothing.
+    """
 
     def __init__(self, stream):
-        self.stream, self.tty, self.closed = stream, stream.isatty(), False
+        self.stream, self.closed = stream, stream is None
+        self.tty = not self.closed and stream.isatty()
 
     def line(self, text):
         """Print a line (on a terminal, over the progress bar)."""

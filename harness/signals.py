@@ -1,57 +1,86 @@
-"""Signals: SIGINT, SIGTERM and SIGHUP end a run with one line and exit code 130, at any moment."""
-# While main() runs, a signal raises Stop where the run is (clean-up handlers still run), except
-# inside the training loop, where it is only recorded, so that the loop can finish its step and save
-# it first. Before main() runs (the imports) and after it returns, a signal ends the process at once
-# with its line. A second signal always ends the process at once: a thread watches the signals as
-# they arrive, so this holds even while the main thread waits inside MXNet, where Python's own
-# handlers cannot run. Imports nothing heavy: the entry script installs this on its first line,
-# before MXNet loads.
+"""Signals: SIGINT, SIGTERM and SIGHUP end a process with one line and exit code 130, at any moment.
+
+The entry script calls install() on its first line, before anything heavy loads, and ends by run(),
+which never lets Python's own shutdown run: Python would put the default handlers back while MXNet
+tears down, and a signal then would kill the process without a word. So from install() to the
+process's last instruction (os._exit), every signal that the process handles goes through here:
+
+- before main() runs (the imports), a signal ends the process at once, with its line: there is
+  nothing to clean up yet;
+- while main() runs, a signal raises errors.Interrupted where the run is, so that clean-up handlers
+  run; inside the training loop (`deferred`) it is only recorded, and the loop saves its step first;
+- after main() returns, run() finishes what Python's shutdown would have done (garbage, atexit),
+  then ends the process: with the signal's line and 130 if one came and main() had succeeded;
+- a second signal ends the process at once, whatever the main thread is doing: a thread watches the
+  signals as they arrive, so this holds even while the main thread waits inside MXNet, where
+  Python's own handlers cannot run.
+
+A signal that was ignored when the process started (`nohup` ignores SIGHUP, a shell's `&` SIGINT)
+stays ignored. A parameter server or scheduler of a dist_sync job (DMLC_ROLE) serves its workers
+until they stop: its signal asks harness.launch to stop the job, and it ends quietly when the job
+does. Imports nothing heavy.
+"""
+import atexit
+import gc
 import os
 import signal
 import sys
 import threading
 
+from harness.errors import FAILED, STOPPED, SUCCESS, Interrupted
+
 # SIGHUP: the terminal closed.
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-EXIT_CODE = 130
-
-
-class Stop(BaseException):
-    """Raised by a signal outside the training loop."""
-    # A BaseException, so no `except Exception` takes it.
-
-    def __init__(self, signum):
-        super().__init__(f"stopped by {name(signum)} {_State.stage}")
-        self.signum = signum
+# What a process of a job started by harness.launch tells the launcher on its stdout, on lines of
+# their own: a serving process's signal (the job should stop), and a worker's training loop as it
+# begins and ends (before it begins, no step can be saved: a stop ends the job at once).
+STOP_REQUEST = "@@harness.launch-stop"
+LOOP = "@@harness.launch-loop"
+# Set by harness.launch in every process of its job.
+JOB_TAG = "LAUNCH_JOB_TAG"
 
 
 class _State:
-    # Inside the training loop: record, don't raise.
-    deferred = False
-    # The first signal's number.
-    received = None
-    # How many signals have arrived, counted by the watcher.
-    count = 0
+    """What this process's signals have done so far, and what a stop would mean now."""
+
     program = "train_mnist.py"
+    # The signals this process handles: SIGNALS but those ignored when it started.
+    handled = ()
+    # The first signal's number, and how many have arrived (counted by the watcher).
+    received = None
+    count = 0
+    # Python's handler has run once: it acts on the first signal alone.
+    seen = False
     # What a stop now means, for its one line.
     stage = "before training began; nothing saved"
-    # main() is running and will catch Stop.
+    # main() is running and will catch Interrupted.
     guarded = False
+    # Inside the training loop, or after main() returned: record, don't raise.
+    deferred = False
+    # A parameter server or scheduler: it serves until the job stops, and says nothing.
+    serving = False
+    # Called before the process ends at once (the launcher ends its job's processes).
+    at_exit_now = None
     exiting = threading.Lock()
 
 
 def install(program="train_mnist.py"):
-    """Handle the signals from now on in this process."""
-    # From the main thread only, as Python allows.
-    _State.program = program
+    """Take over this process's standard streams and its signals; from the main thread, once.
+
+    program names the process in its lines.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
-    # A Stop raised where Python cannot pass it on (a weakref callback, a __del__) is lost, not
-    # printed as a traceback: the next check() raises it again.
+    _State.program = program
+    _State.serving = os.environ.get("DMLC_ROLE") in ("server", "scheduler")
+    _hold_standard_streams()
+    # An Interrupted raised where Python cannot pass it on (a weakref callback, a __del__) is lost,
+    # not printed as a traceback: check() raises it again.
     default_hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: (None if isinstance(unraisable.exc_value, Stop)
-                                             else default_hook(unraisable))
-    for signum in SIGNALS:
+    sys.unraisablehook = lambda unraisable: (
+        None if isinstance(unraisable.exc_value, Interrupted) else default_hook(unraisable))
+    _State.handled = tuple(s for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN)
+    for signum in _State.handled:
         signal.signal(signum, _handle)
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
@@ -59,59 +88,212 @@ def install(program="train_mnist.py"):
     threading.Thread(target=_watch, args=(read_end,), daemon=True, name="signal-watcher").start()
 
 
+def _hold_standard_streams():
+    """Put /dev/null on a standard stream that was closed at start (`>&-`), before any file opens.
+
+    Else the first file opened would take its number, and whatever prints would write into it.
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        held = os.open(os.devnull, os.O_RDWR)
+        if held != fd:
+            os.dup2(held, fd)
+            os.close(held)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
 def _watch(read_end):
-    # Each signal that arrives writes its number here, at the C level, whatever the main thread is
-    # doing.
+    """Count each signal as it arrives, written here at the C level, whatever the main thread does.
+
+    The first, before main() runs, ends the process; a serving process's asks for the job's stop;
+    the second always ends the process.
+    """
     while True:
         for signum in os.read(read_end, 16):
-            if signum not in SIGNALS:
+            if signum not in _State.handled:
                 continue
             _State.count += 1
             if _State.received is None:
                 _State.received = signum
+            if _State.serving:
+                _request_stop(signum)
             if _State.count >= 2:
-                exit_now(f"stopped by a second {name(signum)}; exiting now")
-
-
-def exit_now(message):
-    """Print message on stderr and end the process with EXIT_CODE, once, from any thread."""
-    if _State.exiting.acquire(blocking=False):
-        os.write(2, f"{_State.program}: {message}\n".encode())
-        os._exit(EXIT_CODE)
+                exit_now(None if _State.serving else
+                         f"stopped by a second {name(signum)}; exiting now")
+            elif _State.serving:
+                continue
+            elif not _State.guarded and not _State.deferred:
+                # Before main() runs: nothing to clean up, and nobody to catch Interrupted.
+                exit_now(_line(signum))
 
 
 def _handle(signum, frame):
+    """Python's handler, in the main thread: record the signal; raise Interrupted for the first.
+
+    Only for the first this handler sees (the watcher may have seen it first), and only where
+    main() will catch it and the loop does not defer it: a later one is the watcher's.
+    """
+    first, _State.seen = not _State.seen, True
     if _State.received is None:
         _State.received = signum
-    if _State.count >= 2:
+    if not first or _State.serving or _State.deferred:
         return
     if not _State.guarded:
-        # Before main() runs, or after it returned: nothing to clean up, and nobody to catch Stop.
-        exit_now(f"stopped by {name(signum)} {_State.stage}")
-    if not _State.deferred:
-        raise Stop(signum)
+        exit_now(_line(signum))
+        return
+    raise interrupted(signum)
+
+
+def _line(signum):
+    """The line a stop by signum says now (None: this process says none)."""
+    return None if _State.serving else f"stopped by {name(signum)} {_State.stage}"
+
+
+def interrupted(signum):
+    """The Interrupted that signum means now, outside the training loop."""
+    return Interrupted(_line(signum), signum, quiet=_State.serving)
+
+
+def _request_stop(signum):
+    """Ask harness.launch, if it started this process, to stop the job: this process serves it.
+
+    The request says which signal of the process's this is: after a second, it ends at once.
+    """
+    tag = os.environ.get(JOB_TAG)
+    if tag:
+        role = os.environ.get("DMLC_ROLE", "?")
+        _say(f"{STOP_REQUEST} {tag} {name(signum)} {_State.count} {role} {os.uname().nodename}")
+
+
+def _say(line):
+    """Write line on stdout at once, in one write, whatever Python's own buffer holds."""
+    try:
+        os.write(1, (line + "\n").encode())
+    except OSError:
+        pass
+
+
+def call_before_exit_now(function):
+    """Have function() called, in whichever thread, before the process ends at once on a signal."""
+    _State.at_exit_now = function
+
+
+def exit_now(message):
+    """End the process at once with STOPPED and message (None: quietly), once, from any thread."""
+    if not _State.exiting.acquire(blocking=False):
+        return
+    if _State.at_exit_now is not None:
+        try:
+            _State.at_exit_now()
+        except BaseException:
+            pass
+    if message:
+        try:
+            os.write(2, f"{_State.program}: {message}\n".encode())
+        except OSError:
+            pass
+    os._exit(STOPPED)
+
+
+def run(main):
+    """Run main(), then end the process with the exit code it returns, never by Python's shutdown.
+
+    What the shutdown would do that matters is done first: garbage is collected (MXNet's objects
+    with it: a dist_sync worker's last barrier with its peers), the atexit functions run, the
+    streams are flushed. A signal meanwhile is recorded: if main() had succeeded, the process then
+    ends with the signal's line and STOPPED; else with main()'s code, whose line is said.
+    """
+    try:
+        code = main()
+    except SystemExit as error:
+        code = _exit_code(error.code)
+    except BaseException:
+        # A bug: its traceback, as Python would print it.
+        sys.excepthook(*sys.exc_info())
+        code = FAILED
+    _State.deferred, _State.guarded = True, False
+    gc.collect()
+    atexit._run_exitfuncs()
+    _flush()
+    if not _State.exiting.acquire(blocking=False):
+        # exit_now is ending the process in another thread.
+        threading.Event().wait()
+    if code == SUCCESS and _State.received is not None:
+        code, line = STOPPED, _line(_State.received)
+        if line:
+            _say_error(line)
+    os._exit(code)
+
+
+def _exit_code(code):
+    """The exit code of SystemExit(code), as Python's own shutdown would give it."""
+    if code is None:
+        return SUCCESS
+    if isinstance(code, int):
+        return code & 0xFF
+    _say_error(str(code), prefixed=False)
+    return FAILED
+
+
+def _say_error(line, prefixed=True):
+    """Write line on stderr in one write, after the program's name if prefixed."""
+    try:
+        os.write(2, (f"{_State.program}: {line}" if prefixed else line).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def _flush():
+    """Flush Python's stdout and stderr, whatever has become of them."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
 
 
 class deferred:
-    """Inside this block a signal is only recorded: the loop checks `pending` between steps."""
-    # It installs the handlers for its duration if nothing has (train() called from a user's own
-    # script).
+    """Inside this block a signal is only recorded: the loop checks `pending` between steps.
+
+    It installs the handlers for its duration if nothing has (train() called from a user's own
+    script). In a worker of a job that harness.launch started, it tells the launcher that the loop
+    begins and ends.
+    """
 
     def __enter__(self):
+        """From now on, record a signal; install the handlers if nothing has."""
         self._previous = {}
         if (
             threading.current_thread() is threading.main_thread()
-            and signal.getsignal(SIGNALS[0]) is not _handle
+            and not _State.handled
         ):
-            self._previous = {signum: signal.signal(signum, _handle) for signum in SIGNALS}
+            self._previous = {
+                signum: signal.signal(signum, _handle) for signum in SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN
+            }
         # A signal that came before the block is not forgotten: the first step's check sees it.
-        _State.deferred = True
+        self._outer, _State.deferred = _State.deferred, True
+        self._loop("in")
         return self
 
     def __exit__(self, *exc_info):
-        _State.deferred = False
+        """Back to what a signal meant before the block, and to the handlers it replaced."""
+        _State.deferred = self._outer
+        self._loop("out")
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    @staticmethod
+    def _loop(where):
+        """Tell harness.launch, in a worker of its job, that the training loop is in or out."""
+        tag = os.environ.get(JOB_TAG)
+        if tag and os.environ.get("DMLC_ROLE") == "worker":
+            _say(f"{LOOP} {tag} {where}")
 
     @property
     def pending(self):
@@ -120,7 +302,7 @@ class deferred:
 
 
 class guard:
-    """While main() runs: a signal outside the loop raises Stop, which main() catches."""
+    """While main() runs: a signal outside the loop raises Interrupted, which main() catches."""
 
     def __enter__(self):
         _State.guarded = True
@@ -131,28 +313,23 @@ class guard:
 
 
 def check():
-    """Raise Stop if a signal came and its raise was lost (Python ignores it in some callbacks)."""
-    if _State.received is not None and _State.guarded and not _State.deferred:
-        raise Stop(_State.received)
+    """Raise Interrupted if a signal came and its raise was lost (as in a callback of Python's)."""
+    if (_State.received is not None and _State.guarded and not _State.deferred
+            and not _State.serving):
+        raise interrupted(_State.received)
 
 
 def stop_for(signum):
-    """Act as if signum had arrived (a closed stdout is SIGPIPE)."""
-    # Recorded in the loop, else Stop.
+    """Act as if signum had arrived: recorded in the loop, else raised."""
     if _State.received is None:
         _State.received = signum
     if _State.guarded and not _State.deferred:
-        raise Stop(signum)
+        raise interrupted(signum)
 
 
 def received():
     """The first signal's number since the process started, or None."""
     return _State.received
-
-
-def stage():
-    """What a signal outside the loop now stops."""
-    return _State.stage
 
 
 def set_stage(text):
@@ -161,5 +338,7 @@ def set_stage(text):
 
 
 def name(signum):
-    """SIGINT for signal.SIGINT's number."""
+    """SIGINT for signal.SIGINT's number; a closed stdout, for SIGPIPE, says so."""
+    if signum == signal.SIGPIPE:
+        return "a closed stdout (SIGPIPE)"
     return signal.Signals(signum).name

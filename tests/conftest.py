@@ -16,7 +16,7 @@ from harness import compat
 # point.
 compat.install()
 
-from helpers import REAL_MNIST, ROOT, write_mnist
+from helpers import REAL_MNIST, ROOT, Job, write_mnist
 
 
 @pytest.fixture
@@ -77,3 +77,17 @@ def default_run(request, tmp_path_factory):
 def default_run_avx2(tmp_path_factory):
     """(stdout, records) of the default run as an AVX2 CPU prints it: what the README shows."""
     return _default_run(tmp_path_factory, "avx2")
+
+
+@pytest.fixture
+def jobs():
+    """Start a job as Job(launcher_args, command) does; every one is ended when the test ends."""
+    started = []
+
+    def start(launcher_args, command, **popen):
+        started.append(Job(launcher_args, command, **popen))
+        return started[-1]
+    yield start
+    for job in started:
+        job.kill()
+

@@ -289,8 +289,39 @@ import train_mnist
 for variable, before in (("SIGNAL_IN", True), ("SIGNAL_AFTER", False)):
     if os.environ.get(variable):
         wrap(os.environ[variable], before)
-sys.exit(train_mnist.main(sys.argv[2:]))
+signals.run(lambda: train_mnist.main(sys.argv[2:]))
 """
+
+
+def default_signals():
+    """In a child, before it runs: SIGINT, SIGTERM and SIGHUP by default, whatever pytest inherited.
+
+    A signal ignored when a process starts stays ignored by the trainer (as nohup means it), and a
+    pytest started by `nohup` or a script's `&` would pass that on to every trainer it starts.
+    """
+    import signal
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def wait_for_signal_handlers(pid, timeout=30):
+    """Wait until process pid has taken its signals: until its entry's first line has run.
+
+    Before that the interpreter is still starting, and no Python code can see a signal. SIGHUP is
+    the last that signals.install() takes, or, if SIGHUP was ignored at the start, SIGTERM.
+    """
+    import signal
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as f:
+            masks = {line.split(":")[0]: int(line.split()[1], 16) for line in f
+                     if line.startswith(("SigCgt:", "SigIgn:"))}
+        hup, term = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGTERM - 1)
+        if masks["SigCgt"] & hup or masks["SigIgn"] & hup and masks["SigCgt"] & term:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} never took its signal handlers")
 
 
 def train_with_faults(argv, env=None, wait=True, timeout=120):
@@ -305,6 +336,7 @@ def train_with_faults(argv, env=None, wait=True, timeout=120):
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, **(env or {})),
+        preexec_fn=default_signals,
     )
     if not wait:
         return process
@@ -344,3 +376,68 @@ def fake_checkpoint(prefix, tag, state=None):
 def exit_code(status):
     """A wait status as a return code, negative for a signal (Python 3.9 has it built in)."""
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+
+
+# Every process of a job that a test launches carries this variable, with a value of the job's own:
+# no test counts, or stops, the processes of anyone else's job.
+JOB_MARK = "SCALE_TEST_JOB"
+
+
+class Job:
+    """A job that a test launched with python -m harness.launch: its launcher, and its processes."""
+
+    def __init__(self, launcher_args, command, **popen):
+        import subprocess
+        import sys
+        import uuid
+        self.mark = uuid.uuid4().hex
+        env = dict(os.environ, **{JOB_MARK: self.mark})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "harness.launch", *launcher_args, "--", *command],
+            cwd=ROOT,
+            env=env,
+            stdout=popen.pop("stdout", subprocess.PIPE),
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=popen.pop("preexec_fn", default_signals),
+            **popen,
+        )
+
+    def processes(self, role=None, trainers=False):
+        """The pids here that belong to this job (role: only those of it; trainers: not guards)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = dict(
+                        item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item
+                    )
+            except (OSError, ValueError):
+                continue
+            if env.get(JOB_MARK.encode()) != self.mark.encode():
+                continue
+            if role and env.get(b"DMLC_ROLE") != role.encode():
+                continue
+            if trainers and env.get(b"LAUNCH_JOB_CHILD") != b"1":
+                continue
+            found.append(int(entry))
+        return found
+
+    def finish(self, timeout=180):
+        """Wait for the launcher: (its exit code, its stdout, its stderr)."""
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, out or "", err
+
+    def kill(self):
+        """End the launcher and whatever of the job is left: no test leaves a job running."""
+        import signal
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGINT)
+            self.process.communicate(timeout=60)
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+

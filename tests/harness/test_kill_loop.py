@@ -12,6 +12,9 @@ import pytest
 from harness import checkpoint
 from helpers import train_with_faults, write_mnist
 
+# Every test here kills trainers.
+pytestmark = pytest.mark.slow
+
 FLAGS = [
     "--num-hidden",
     "32,16",

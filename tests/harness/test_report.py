@@ -73,7 +73,7 @@ def test_confusion_matrix_and_worst_mistakes():
 
 
 @pytest.mark.slow
-def test_a_closed_stdout_ends_the_run_quietly_with_its_step_saved(synthetic_dir, tmp_path):
+def test_a_closed_stdout_stops_the_run_with_its_step_saved_and_one_line(synthetic_dir, tmp_path):
     prefix = str(tmp_path / "m")
     # The reader leaves after the first progress line, however many lines the config took.
     reader = "awk '{print} /^epoch/{exit}'"
@@ -88,10 +88,14 @@ def test_a_closed_stdout_ends_the_run_quietly_with_its_step_saved(synthetic_dir,
         text=True,
         timeout=120,
     )
-    assert done.stdout.splitlines()[-1].startswith("epoch   1  batch") and done.stderr == ""
-    assert done.returncode == 141
+    assert done.stdout.splitlines()[-1].startswith("epoch   1  batch") and done.returncode == 130
     saved = sorted(name for name in os.listdir(tmp_path) if name.endswith(".manifest.json"))
     assert saved and saved[-1].startswith("m-interrupted-0001-")
+    stem = saved[-1][:-len(".manifest.json")]
+    assert done.stderr.startswith(
+        "train_mnist.py: stopped by a closed stdout (SIGPIPE) in epoch 1 after batch "
+    ) and f"saved {prefix[:-1]}{stem}. Resume with: " in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
 
 
 def test_without_matplotlib_the_run_warns_at_its_start_with_the_command_that_fixes_it(

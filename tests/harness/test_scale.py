@@ -9,19 +9,25 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 import train_mnist
-from helpers import ROOT, assert_params_close, config, saved_params, synthetic_arrays, write_mnist
+from helpers import (
+    JOB_MARK,
+    ROOT,
+    assert_params_close,
+    config,
+    saved_params,
+    synthetic_arrays,
+    write_mnist,
+)
 
-LAUNCH = [sys.executable, "-m", "harness.launch"]
 TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
 FLAGS = ["--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16", "--mom", "0.9",
          "--disp-batches", "0", "--plot-dir", "none"]
 FIGURES = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
-_MINE = "SCALE_TEST_JOB"
+_MINE = JOB_MARK
 
 
 @pytest.mark.parametrize("cpus, settings",
@@ -47,71 +53,6 @@ def test_more_devices_than_samples_in_a_batch_is_refused(synthetic_dir, capsys):
     code = train_mnist.main(["--data-dir", synthetic_dir, "--cpus", "3", "--batch-size", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "leaves a batch of 2 samples for 3 devices" in err and err.count("\n") == 1
-
-
-class Job:
-    """A launched job of this test: its launcher, and the processes that carry its mark."""
-
-    def __init__(self, launcher_args, command, **popen):
-        self.mark = uuid.uuid4().hex
-        env = dict(os.environ, **{_MINE: self.mark})
-        self.process = subprocess.Popen(
-            LAUNCH + launcher_args + ["--"] + command,
-            cwd=ROOT,
-            env=env,
-            stdout=popen.pop("stdout", subprocess.PIPE),
-            stderr=subprocess.PIPE,
-            text=True,
-            **popen,
-        )
-
-    def processes(self, role=None, trainers=False):
-        """The pids here that belong to this job (role: only those of it; trainers: not guards)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = dict(
-                        item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item
-                    )
-            except (OSError, ValueError):
-                continue
-            if env.get(_MINE.encode()) != self.mark.encode():
-                continue
-            if role and env.get(b"DMLC_ROLE") != role.encode():
-                continue
-            if trainers and env.get(b"LAUNCH_JOB_CHILD") != b"1":
-                continue
-            found.append(int(entry))
-        return found
-
-    def finish(self, timeout=180):
-        out, err = self.process.communicate(timeout=timeout)
-        return self.process.returncode, out or "", err
-
-    def kill(self):
-        """End the launcher and whatever of the job is left: no test leaves a job running."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            self.process.send_signal(signal.SIGINT)
-            self.process.communicate(timeout=60)
-        for pid in self.processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-@pytest.fixture
-def jobs():
-    started = []
-
-    def start(launcher_args, command, **popen):
-        started.append(Job(launcher_args, command, **popen))
-        return started[-1]
-    yield start
-    for job in started:
-        job.kill()
 
 
 def _train(folder, prefix, *extra):
