@@ -41,8 +41,10 @@ _FINANCIAL = ("mirr", "npv", "pmt", "ppmt", "pv", "rate")
 
 
 def install():
-    """Make every import of numpy, from now on, come with the names mxnet 1.9.1 reads."""
-    # Where numpy is loaded already, its names are restored at once.
+    """Make every import of numpy, from now on, come with the names mxnet 1.9.1 reads.
+
+    Where numpy is loaded already, its names are restored at once.
+    """
     if "numpy" in sys.modules:
         _restore(sys.modules["numpy"])
     elif not any(isinstance(finder, _Finder) for finder in sys.meta_path):
@@ -50,11 +52,13 @@ def install():
 
 
 def _restore(numpy):
-    """Set on numpy each name of _replacements that it lacks."""
-    # Never hasattr(numpy, name): numpy 1.x answers it through its __getattr__, which warns. Before
-    # numpy 1.24, nothing is missing (numpy.bool and the financial functions come through that
-    # __getattr__); up to numpy 2, only numpy.bool is. numpy 2 brought back a numpy.bool of its
-    # own, never replaced.
+    """Set on numpy each name of _replacements that it lacks.
+
+    Never hasattr(numpy, name): numpy 1.x answers it through its __getattr__, which warns. Before
+    numpy 1.24, nothing is missing (numpy.bool and the financial functions come through that
+    __getattr__); up to numpy 2, only numpy.bool is. numpy 2 brought back a numpy.bool of its own,
+    never replaced.
+    """
     version = tuple(int(part) for part in numpy.__version__.split(".")[:2])
     if version < (1, 24):
         return
@@ -65,9 +69,11 @@ def _restore(numpy):
 
 
 def _replacements(numpy):
-    """Each name mxnet 1.9.1 reads that numpy may lack, as numpy 1.26 defined it, by this numpy."""
-    # numpy.bool was the Python bool. The renamed functions whose new name this numpy lacks (numpy
-    # 1.x has no trapezoid) are left out: such a numpy still has the old name.
+    """Each name mxnet 1.9.1 reads that numpy may lack, as numpy 1.26 defined it, by this numpy.
+
+    numpy.bool was the Python bool. The renamed functions whose new name this numpy lacks (numpy 1.x
+    has no trapezoid) are left out: such a numpy still has the old name.
+    """
     names = {"bool": bool}
     names.update((name, make(numpy)) for name, make in _CONSTANTS.items())
     names.update((old, getattr(numpy, new)) for old, new in _RENAMED.items() if new in vars(numpy))
@@ -90,8 +96,10 @@ def _in1d(numpy):
     """numpy 1.26's in1d: isin on the flattened array."""
 
     def in1d(ar1, ar2, assume_unique=False, invert=False, *, kind=None):
-        """Whether each element of ar1, flattened, is in ar2 (numpy.isin(...).ravel())."""
-        # kind came with numpy 1.24: passed on only when given.
+        """Whether each element of ar1, flattened, is in ar2 (numpy.isin(...).ravel()).
+
+        kind came with numpy 1.24: passed on only when given.
+        """
         options = {} if kind is None else {"kind": kind}
         return numpy.isin(ar1, ar2, assume_unique=assume_unique, invert=invert, **options).ravel()
 

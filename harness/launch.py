@@ -167,8 +167,10 @@ def _guard_path(args):
 
 
 def _free_port():
-    """A port that the system has just given out, not the tracker's first free one from 9091."""
-    # The tracker's own search gives two jobs started together the same port.
+    """A port that the system has just given out, not the tracker's first free one from 9091.
+
+    The tracker's own search gives two jobs started together the same port.
+    """
     with socket.socket() as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]
@@ -405,9 +407,11 @@ def _describe(code):
 
 
 def _ssh_shim(folder, config):
-    """A folder with an `ssh` that adds -tt and the job's ssh_config, to be first on the PATH."""
-    # With -tt, the remote processes get a hangup when their connection closes. The keepalives
-    # notice a host that is gone within 20 s: an idle connection would never notice.
+    """A folder with an `ssh` that adds -tt and the job's ssh_config, to be first on the PATH.
+
+    With -tt, the remote processes get a hangup when their connection closes. The keepalives notice
+    a host that is gone within 20 s: an idle connection would never notice.
+    """
     real = shutil.which("ssh")
     extra = "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
     extra += f"-F {shlex.quote(os.path.abspath(config))} " if config else ""
