@@ -12,7 +12,6 @@ import pytest
 
 import train_mnist
 from helpers import (
-    REAL_MNIST,
     ROOT,
     config,
     load_mnist,
@@ -308,12 +307,10 @@ def test_field_is_prepared_as_mnist(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_checkpoint(tmp_path_factory):
-    """The prefix of an MLP (128, 64) trained for 3 epochs on real MNIST."""
-    if REAL_MNIST is None:
-        pytest.skip("real MNIST not found (set MNIST_DIR)")
+def real_checkpoint(real_mnist, tmp_path_factory):
+    """(real MNIST's folder, the prefix of an MLP (128, 64) trained on it for 3 epochs)."""
     root = tmp_path_factory.mktemp("real_checkpoint")
-    return _train(REAL_MNIST, str(root / "mlp"), hidden=(128, 64), epochs=3)
+    return real_mnist, _train(real_mnist, str(root / "mlp"), hidden=(128, 64), epochs=3)
 
 
 def _variants(digit, index):
@@ -341,7 +338,8 @@ def _variants(digit, index):
 @needs_pillow
 def test_predict_round_trip_of_mnist_digits(real_checkpoint, tmp_path, capsys):
     """Of 300 test digits classified right as they are, at least 95% still are as image files."""
-    _, _, images, labels = load_mnist(REAL_MNIST)
+    real_mnist, real_checkpoint = real_checkpoint
+    _, _, images, labels = load_mnist(real_mnist)
     images, labels = images[:300], labels[:300]
     right = _mxnet_probs("mlp", (128, 64), _params(real_checkpoint, 3), images).argmax(1) == labels
     paths, truth = [], []
@@ -352,7 +350,7 @@ def test_predict_round_trip_of_mnist_digits(real_checkpoint, tmp_path, capsys):
             picture.save(path, **({"quality": 90} if suffix == ".jpg" else {}))
             paths.append(path)
             truth.append((name, int(labels[index])))
-    code, out, err = run_cli(capsys, "--data-dir", REAL_MNIST, "--num-hidden", "128,64",
+    code, out, err = run_cli(capsys, "--data-dir", real_mnist, "--num-hidden", "128,64",
                              "--model-prefix", real_checkpoint, "--load-epoch", "3",
                              "--predict", *paths)
     assert code == 0 and err == "", err

@@ -22,6 +22,7 @@ from helpers import (
     ROOT,
     default_signals,
     exit_code,
+    flags,
     idx_bytes,
     run_cli,
     synthetic_arrays,
@@ -32,18 +33,8 @@ from helpers import (
     write_mnist,
 )
 
-FLAGS = [
-    "--num-hidden",
-    "32,16",
-    "--num-epochs",
-    "3",
-    "--mom",
-    "0.9",
-    "--disp-batches",
-    "0",
-    "--plot-dir",
-    "none",
-]
+# 3 epochs of 11 steps (1050 samples in batches of 100), with momentum.
+FLAGS = flags(mom=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -976,7 +967,7 @@ def test_a_full_disk_while_saving_is_one_line_and_earlier_checkpoints_stay_intac
         str(saved / "mnist"),
         "--model-prefix",
         prefix,
-        *FLAGS[:-2],
+        *flags(mom=0.9, plot_dir=None),
         "--num-epochs",
         "50",
         "--plot-dir",
@@ -1033,7 +1024,7 @@ def test_pictures_rewritten_keep_their_owner_and_mode(capsys, saved, tmp_path):
         capsys,
         "--data-dir",
         str(saved / "mnist"),
-        *FLAGS[:-2],
+        *flags(mom=0.9, plot_dir=None),
         "--num-epochs",
         "1",
         "--plot-dir",

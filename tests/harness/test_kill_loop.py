@@ -10,38 +10,19 @@ import numpy as np
 import pytest
 
 from harness import checkpoint
-from helpers import train_with_faults, write_mnist
+from helpers import FIGURES, flags, train_with_faults, write_mnist
 
 # Every test here kills trainers.
 pytestmark = pytest.mark.slow
 
-FLAGS = [
-    "--num-hidden",
-    "32,16",
-    "--num-epochs",
-    "6",
-    "--mom",
-    "0.9",
-    "--disp-batches",
-    "0",
-    "--plot-dir",
-    "none",
-]
-FIGURES = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+# 6 epochs of 11 steps (1050 samples in batches of 100), with momentum.
+FLAGS = flags(num_epochs=6, mom=0.9)
 
 
 def _train(folder, prefix, *extra, env=None, wait=True):
-    argv = [
-        "--data-dir",
-        folder,
-        "--model-prefix",
-        prefix,
-        "--metrics-file",
-        prefix + ".jsonl",
-        *FLAGS,
-        *extra,
-    ]
-    return train_with_faults(argv, env=env, wait=wait)
+    """train_with_faults on folder, saving under prefix and its metrics in prefix.jsonl."""
+    return train_with_faults(["--data-dir", folder, "--model-prefix", prefix, "--metrics-file",
+                              prefix + ".jsonl", *FLAGS, *extra], env=env, wait=wait)
 
 
 def _newest_intact(prefix):

@@ -11,14 +11,13 @@ import train_mnist
 from harness import datasets, plots, report
 from helpers import ROOT, config, exit_code, run_cli
 
-
-def _config(folder, **overrides):
-    return config(folder, **dict(dict(disp_batches=100, plot_dir=""), **overrides))
+# Progress lines every 100 batches, and the pictures of a run with a prefix.
+SHOWN = dict(disp_batches=100, plot_dir="")
 
 
 def test_the_manual_gradient_trains_like_the_builtin_one(synthetic_dir):
-    builtin = train_mnist.train(_config(synthetic_dir, gradient="builtin"))
-    manual = train_mnist.train(_config(synthetic_dir, gradient="manual"))
+    builtin = train_mnist.train(config(synthetic_dir, SHOWN, gradient="builtin"))
+    manual = train_mnist.train(config(synthetic_dir, SHOWN, gradient="manual"))
     assert manual[-1]["test_acc"] > 0.9 and manual[-1]["train_loss"] < manual[0]["train_loss"]
     for ours, theirs in zip(manual, builtin):
         # Same gradients to 1e-6 each step: the runs part only by float rounding.
@@ -29,7 +28,8 @@ def test_the_manual_gradient_trains_like_the_builtin_one(synthetic_dir):
 @pytest.mark.parametrize("optimizer, lr, mom, wd", [("sgd", 0.1, 0.9, 1e-4), ("nag", 0.1, 0.9, 0.0),
                                                     ("adam", None, 0.0, 1e-4)])
 def test_each_optimizer_learns(synthetic_dir, optimizer, lr, mom, wd):
-    history = train_mnist.train(_config(synthetic_dir, optimizer=optimizer, lr=lr, mom=mom, wd=wd))
+    history = train_mnist.train(config(synthetic_dir, SHOWN, optimizer=optimizer, lr=lr, mom=mom,
+                                       wd=wd))
     assert (
         history[-1]["test_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"] / 2
     )
@@ -54,7 +54,8 @@ def test_bad_extra_flags_are_one_line_and_exit_2(capsys, argv, expected):
 
 def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
     lines = []
-    train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    train_mnist.train(config(synthetic_dir, SHOWN, plot_dir=str(tmp_path / "pics")),
+                      log=lines.append)
     for name in (plots.CURVES, plots.CONFUSION, plots.MISTAKES):
         with open(tmp_path / "pics" / name, "rb") as f:
             head = f.read()
@@ -105,7 +106,7 @@ def test_without_matplotlib_the_run_warns_at_its_start_with_the_command_that_fix
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     lines = []
     history = train_mnist.train(
-        _config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append
+        config(synthetic_dir, SHOWN, plot_dir=str(tmp_path / "pics")), log=lines.append
     )
     first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
     warnings = [
@@ -153,7 +154,7 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_pat
     monkeypatch.setattr(plots, "save_plots", no_matplotlib)
     lines = []
     history = train_mnist.train(
-        _config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append
+        config(synthetic_dir, SHOWN, plot_dir=str(tmp_path / "pics")), log=lines.append
     )
     assert len(history) == 3
     assert (
@@ -198,7 +199,7 @@ def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir
     def figures(disp):
         shown = []
         train_mnist.train(
-            _config(synthetic_dir, num_epochs=2, batch_size=50, disp_batches=disp),
+            config(synthetic_dir, SHOWN, num_epochs=2, batch_size=50, disp_batches=disp),
             progress=shown.append,
         )
         return {(f["epoch"], f["batch"]): (f["loss"], f["acc"]) for f in shown}
@@ -271,12 +272,9 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
 
 
 @pytest.mark.slow
-def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
-    from helpers import REAL_MNIST
-    if REAL_MNIST is None:
-        pytest.skip("real MNIST not found (set MNIST_DIR)")
+def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist(real_mnist):
     history = train_mnist.train(
-        train_mnist.Config(data_dir=REAL_MNIST, optimizer="adam", disp_batches=0)
+        train_mnist.Config(data_dir=real_mnist, optimizer="adam", disp_batches=0)
     )
     assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
 
@@ -305,7 +303,7 @@ def test_a_metrics_file_resumes_from_a_checkpoint_saved_in_the_first_epoch(tmp_p
 
 def test_the_final_line_counts_one_epoch_as_one_epoch(synthetic_dir):
     lines = []
-    train_mnist.train(_config(synthetic_dir, num_epochs=1, plot_dir="none"), log=lines.append)
+    train_mnist.train(config(synthetic_dir, SHOWN, num_epochs=1, plot_dir="none"), log=lines.append)
     assert lines[-1].endswith(" after 1 epoch")
 
 

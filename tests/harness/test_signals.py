@@ -13,13 +13,15 @@ from harness import checkpoint
 from helpers import (
     ROOT,
     default_signals,
+    flags,
     synthetic_arrays,
     train_with_faults,
     wait_for_signal_handlers,
     write_mnist,
 )
 
-FLAGS = ["--num-hidden", "32,16", "--num-epochs", "2", "--disp-batches", "0"]
+# 2 epochs; pictures, under the prefix, unless a test says otherwise.
+FLAGS = flags(num_epochs=2, plot_dir=None)
 
 
 @pytest.fixture(scope="module")
