@@ -16,7 +16,7 @@ from harness import compat
 # point.
 compat.install()
 
-from helpers import ISA_LIMITS, ROOT, Job, cpu_has, need_real_mnist, write_mnist
+from helpers import ISA_LIMITS, ROOT, Job, cpu_has_kind, need_real_mnist, write_mnist
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def _default_run(tmp_path_factory, isa):
     """`python train_mnist.py` with the defaults on real MNIST, as a user runs it, with oneDNN
     pinned to the instruction set isa: (stdout, per-epoch records), once a session."""
     real_mnist = need_real_mnist()
-    if not cpu_has(isa + ("f" if isa == "avx512" else "")):
+    if not cpu_has_kind(isa):
         pytest.skip(f"this CPU has no {isa}: it cannot print an {isa} CPU's figures")
     if isa not in _DEFAULT_RUNS:
         metrics = tmp_path_factory.mktemp("default_run") / "metrics.jsonl"

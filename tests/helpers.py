@@ -231,12 +231,86 @@ def cpu_has(flag):
         return f" {flag}" in f.read()
 
 
+def cpu_has_kind(isa):
+    """Whether this CPU has the instruction set isa of ISA_LIMITS (avx512: AVX-512 F at least)."""
+    return cpu_has(isa + ("f" if isa == "avx512" else ""))
+
+
 def cpu_kind():
     """The widest instruction set of ISA_LIMITS this CPU has ("avx512", "avx2"), or None."""
     for isa in ("avx512", "avx2"):
-        if cpu_has(isa + ("f" if isa == "avx512" else "")):
+        if cpu_has_kind(isa):
             return isa
     return None
+
+
+def importable(*names):
+    """Whether every module of names can be imported here (the optional ONNX tools, Pillow)."""
+    import importlib
+    try:
+        for name in names:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+NO_ONNX = "onnx and onnxruntime are not installed (see requirements-onnx.txt)"
+
+
+def need_onnx():
+    """A skip that says how to install the ONNX tools, unless they are installed."""
+    import pytest
+    if not importable("onnx", "onnxruntime"):
+        pytest.skip(NO_ONNX)
+
+
+def drawn(path):
+    """Write a picture as Matplotlib draws one at path: an earlier run's, which a run may redraw."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure = plt.figure(figsize=(1, 1))
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
+# The setups of the tables of cases: each is a function of the case's folder d (a pathlib.Path)
+# that changes it in one way before the case runs.
+def nothing(d):
+    """Leave the case's folder as it is."""
+
+
+def write_file(name, payload):
+    """A setup that writes payload to d/name, making its folders."""
+    def setup(d):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(payload)
+    return setup
+
+
+def symlink(name, target):
+    """A setup that makes d/name a symlink to d/target (or to target itself, if it is absolute)."""
+    def setup(d):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(d / target, d / name)
+    return setup
+
+
+def make_folder(name):
+    """A setup that makes the folder d/name, and the folders above it."""
+    def setup(d):
+        (d / name).mkdir(parents=True)
+    return setup
+
+
+def fifo(name):
+    """A setup that puts a FIFO at d/name, in place of the file there if any."""
+    def setup(d):
+        if os.path.lexists(d / name):
+            os.remove(d / name)
+        os.mkfifo(d / name)
+    return setup
 
 
 def numpy_probs(params, images):

@@ -13,7 +13,7 @@ import pytest
 
 import network
 import train_mnist
-from helpers import ROOT, config, load_mnist, run_cli, train_with_faults, tree_bytes
+from helpers import ROOT, TRAIN, config, load_mnist, run_cli, train_with_faults, tree_bytes
 
 
 @pytest.fixture
@@ -351,9 +351,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
     """Kill a training process at random moments while it saves every epoch."""
     # The newest intact one loads.
     prefix = str(ck / "mlp")
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "train_mnist.py"),
+    command = TRAIN + [
         "--data-dir",
         synthetic_dir,
         "--num-hidden",

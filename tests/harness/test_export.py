@@ -1,5 +1,4 @@
 """--export-onnx and --predict (harness/export.py): ONNX models checked against MXNet; images."""
-import importlib
 import os
 import re
 import struct
@@ -12,30 +11,20 @@ import pytest
 
 import train_mnist
 from helpers import (
+    NO_ONNX,
     ROOT,
     config,
+    importable,
     load_mnist,
+    need_onnx,
     run_cli,
     synthetic_arrays,
     tree_bytes,
     write_mnist,
 )
 
-
-def _importable(*names):
-    try:
-        for name in names:
-            importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
-
-
-needs_onnx = pytest.mark.skipif(
-    not _importable("onnx", "onnxruntime"),
-    reason="onnx and onnxruntime are not installed (see requirements-onnx.txt)",
-)
-needs_pillow = pytest.mark.skipif(not _importable("PIL"), reason="Pillow is not installed")
+needs_onnx = pytest.mark.skipif(not importable("onnx", "onnxruntime"), reason=NO_ONNX)
+needs_pillow = pytest.mark.skipif(not importable("PIL"), reason="Pillow is not installed")
 
 _LINE = re.compile(
     r"onnx: wrote (.+) \(opset 13\); test accuracy (\d\.\d{4}) in ONNX Runtime, (\d\.\d{4}) in "
@@ -170,8 +159,8 @@ def test_export_refusals(synthetic_checkpoint, tmp_path, capsys, monkeypatch, wh
                 "a missing folder": "does not exist", "a checkpoint": "a file of the checkpoints"}
     if where == "onnx missing":
         monkeypatch.setitem(sys.modules, "onnx", None)
-    elif not _importable("onnx", "onnxruntime"):
-        pytest.skip("onnx and onnxruntime are not installed (see requirements-onnx.txt)")
+    else:
+        need_onnx()
     before = tree_bytes(tmp_path), tree_bytes(os.path.dirname(prefix))
     code, _, err = run_cli(capsys, *_flags(folder, prefix), "--export-onnx", target)
     assert code == 2 and len(err.splitlines()) == 1 and expected[where] in err, err

@@ -9,7 +9,7 @@ import pytest
 
 import train_mnist
 from harness import datasets, plots, report
-from helpers import ROOT, config, exit_code, run_cli
+from helpers import ROOT, TRAIN, config, run_cli
 
 # Progress lines every 100 batches, and the pictures of a run with a prefix.
 SHOWN = dict(disp_batches=100, plot_dir="")
@@ -224,41 +224,29 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
     import struct
     import termios
 
-    from helpers import ROOT
+    # The trainer on a pseudo-terminal of 80 columns, made without forking this process (whose
+    # threads a fork would copy half-way): its output as a terminal shows it.
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    pid, fd = pty.fork()
-    # the child: an 80-column terminal, then the trainer on it
-    if pid == 0:
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        os.execve(
-            sys.executable,
-            [
-                sys.executable,
-                os.path.join(ROOT, "train_mnist.py"),
-                "--data-dir",
-                synthetic_dir,
-                "--num-epochs",
-                "2",
-                "--batch-size",
-                "10",
-                "--disp-batches",
-                "10",
-                "--num-hidden",
-                "32,16",
-            ],
-            env,
-        )
-    output = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert exit_code(status) == 0, output[-2000:]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with subprocess.Popen(TRAIN + ["--data-dir", synthetic_dir, "--num-epochs", "2",
+                                   "--batch-size", "10", "--disp-batches", "10", "--num-hidden",
+                                   "32,16"],
+                          stdin=slave, stdout=slave, stderr=slave, env=env,
+                          start_new_session=True) as trainer:
+        os.close(slave)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                # EIO: the trainer's side of the terminal is closed.
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(master)
+    assert trainer.returncode == 0, output[-2000:]
     lines = output.decode().replace("\033[K", "").split("\r\n")
     bars = [line for line in lines if line.count("\r") >= 2 and "[" in line]
     assert bars, "no line holds a bar drawn over itself"
