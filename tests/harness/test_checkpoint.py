@@ -188,7 +188,7 @@ def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
     assert code == 2 and "field config.optimizer" in err and "'sgd'" in err and err.count("\n") == 1
 
 
-def test_evaluate_only_scores(capsys, synthetic_dir, ck):
+def test_evaluate_prints_the_score_trains_nothing_and_writes_nothing(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
     train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=1))
     before = tree_bytes(ck)

@@ -134,7 +134,7 @@ def test_export_accuracy_is_the_evaluated_one(synthetic_checkpoint, tmp_path, ca
 
 
 @needs_onnx
-def test_export_of_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, capsys):
+def test_mxnets_own_checkpoint_exports_and_is_named_as_such(synthetic_checkpoint, tmp_path, capsys):
     """A checkpoint that mx.model.save_checkpoint wrote, as Module.save_checkpoint does."""
     import mxnet as mx
 
@@ -149,7 +149,9 @@ def test_export_of_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("where", ["onnx missing", "a folder", "a missing folder", "a checkpoint"])
-def test_export_refusals(synthetic_checkpoint, tmp_path, capsys, monkeypatch, where):
+def test_an_export_that_cannot_be_written_is_one_line_exit_2_and_changes_nothing(
+    synthetic_checkpoint, tmp_path, capsys, monkeypatch, where
+):
     folder, prefix = synthetic_checkpoint
     target = {"onnx missing": str(tmp_path / "m.onnx"), "a folder": str(tmp_path),
               "a missing folder": str(tmp_path / "nowhere" / "m.onnx"),
@@ -251,7 +253,9 @@ def test_predict_failures_each_one_line(synthetic_checkpoint, tmp_path, capsys):
 
 
 @needs_pillow
-def test_predict_lenet_and_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, capsys):
+def test_predict_classifies_with_a_lenet_and_with_mxnets_own_checkpoint(
+    synthetic_checkpoint, tmp_path, capsys
+):
     import mxnet as mx
 
     import network
@@ -269,7 +273,9 @@ def test_predict_lenet_and_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, 
     assert code == 0 and err == "" and "MXNet's own checkpoint" in out
 
 
-def test_predict_without_pillow(synthetic_checkpoint, tmp_path, capsys, monkeypatch):
+def test_predict_without_pillow_is_one_line_exit_2_that_names_pillow(
+    synthetic_checkpoint, tmp_path, capsys, monkeypatch
+):
     folder, prefix = synthetic_checkpoint
     monkeypatch.setitem(sys.modules, "PIL", None)
     code, _, err = run_cli(capsys, *_flags(folder, prefix), "--predict", str(tmp_path / "a.png"))

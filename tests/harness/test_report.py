@@ -63,7 +63,7 @@ def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
     assert lines[-2].startswith("pictures: ") and plots.CURVES in lines[-2]
 
 
-def test_confusion_matrix_and_worst_mistakes():
+def test_the_confusion_matrix_counts_and_the_worst_mistakes_come_most_confident_first():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.45, 0.55]])
     labels = np.array([0, 1, 1, 0, 0])
     np.testing.assert_array_equal(
