@@ -196,7 +196,7 @@ def test_outputs_of_their_own_kind_are_written_again(tmp_path):
 
 
 def test_an_earlier_export_is_written_again_and_an_onnx_model_of_someone_elses_is_not(tmp_path):
-    pytest.importorskip("onnx")
+    need_onnx()
     _onnx_export(tmp_path / "model.onnx")
     settings = dict(_EXPORT, model_prefix=str(tmp_path / "mlp"),
                     export_onnx=str(tmp_path / "model.onnx"))
