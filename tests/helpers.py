@@ -118,8 +118,10 @@ def read_labels(path):
 
 
 def synthetic_arrays(num_train=1050, num_test=230, seed=0):
-    """Ten noisy prototype digits."""
-    # Learnable in an epoch or two, far from trivial at initialisation.
+    """Ten noisy prototype digits: learnable in an epoch or two, far from trivial at first.
+
+    (train images, train labels, test images, test labels), uint8, num_train and num_test of them.
+    """
     rng = np.random.RandomState(seed)
     prototypes = rng.rand(10, 28, 28) > 0.7
     arrays = []
@@ -189,8 +191,7 @@ BAD_DATA = [
 
 
 def real_mnist_dir():
-    """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project."""
-    # None if neither exists.
+    """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project; or None."""
     for folder in (os.environ.get("MNIST_DIR"), os.path.join(ROOT, "..", "shared", "mnist")):
         if (
             folder
@@ -326,9 +327,10 @@ def numpy_probs(params, images):
 
 
 def tree_bytes(folder):
-    """Every file under folder, by path, with its bytes (or its kind, if not a regular file)."""
-    # To show that a
-    # run wrote or changed nothing.
+    """Every file under folder, by path, with its bytes (or its kind, if not a regular file).
+
+    Compared before and after, it shows that a run wrote or changed nothing.
+    """
     found = {}
     for root, _, names in os.walk(folder):
         for name in names:
@@ -367,9 +369,11 @@ class FakeRun:
 
 
 def bound_model(hidden=(16,), seed=0, iterators=None, opt=None, **settings):
-    """A devices.Model of the MLP bound as training binds it (the plain path unless fast=True)."""
-    # Its weights
-    # initialised from seed, for the iterators given (a 100-sample NDArrayIter of zeros by default).
+    """A devices.Model of the MLP bound as training binds it (the plain path unless fast=True).
+
+    Its weights are initialised from seed, for the iterators given (a 100-sample NDArrayIter of
+    zeros by default).
+    """
     import mxnet as mx
 
     import network
@@ -500,8 +504,7 @@ def wait_for_signal_handlers(pid, timeout=30):
 
 
 def train_with_faults(argv, env=None, wait=True, timeout=120):
-    """train_mnist.py with argv under FAULT_DRIVER."""
-    # (exit code, stderr), or the process if not wait.
+    """train_mnist.py with argv under FAULT_DRIVER: (exit code, stderr); its Popen unless wait."""
     import subprocess
     import sys
 
