@@ -35,7 +35,8 @@ _VERDICT = re.compile(r"(\d) \(\d+\.\d%\), next (\d) \(\d+\.\d%\)")
 _NETWORKS = [("mlp", (32, 16)), ("mlp", (48,)), ("lenet", (128, 64))]
 
 
-def _train(folder, prefix, network="mlp", hidden=(32, 16), epochs=1):
+def _train_checkpoint(folder, prefix, network="mlp", hidden=(32, 16), epochs=1):
+    """Train network in this process on folder for epochs, saving under prefix; return prefix."""
     train_mnist.train(config(folder, network=network, num_hidden=hidden, num_epochs=epochs,
                              model_prefix=prefix))
     return prefix
@@ -80,7 +81,7 @@ def synthetic_checkpoint(tmp_path_factory):
     folder = root / "mnist"
     folder.mkdir()
     write_mnist(str(folder))
-    return str(folder), _train(str(folder), str(root / "mlp"))
+    return str(folder), _train_checkpoint(str(folder), str(root / "mlp"))
 
 
 # --export-onnx
@@ -90,7 +91,7 @@ def synthetic_checkpoint(tmp_path_factory):
 def test_export_agrees_with_mxnet(synthetic_dir, tmp_path, capsys, network, hidden):
     import onnx
     import onnxruntime as ort
-    prefix = _train(synthetic_dir, str(tmp_path / network), network, hidden)
+    prefix = _train_checkpoint(synthetic_dir, str(tmp_path / network), network, hidden)
     target = str(tmp_path / "model.onnx")
     code, out, err = run_cli(capsys, *_flags(synthetic_dir, prefix, network, hidden),
                              "--export-onnx", target)
@@ -262,7 +263,7 @@ def test_predict_classifies_with_a_lenet_and_with_mxnets_own_checkpoint(
     folder, prefix = synthetic_checkpoint
     digits = _bytes_of(_synthetic_test_set()[0][:2])
     paths = [_png(tmp_path / f"{i}.png", digit) for i, digit in enumerate(digits)]
-    lenet = _train(folder, str(tmp_path / "lenet"), "lenet", (128, 64))
+    lenet = _train_checkpoint(folder, str(tmp_path / "lenet"), "lenet", (128, 64))
     code, out, err = run_cli(capsys, *_flags(folder, lenet, "lenet", (128, 64)),
                              "--predict", *paths)
     assert code == 0 and err == "", err
@@ -305,7 +306,7 @@ def test_field_is_prepared_as_mnist(tmp_path):
 def real_checkpoint(real_mnist, tmp_path_factory):
     """(real MNIST's folder, the prefix of an MLP (128, 64) trained on it for 3 epochs)."""
     root = tmp_path_factory.mktemp("real_checkpoint")
-    return real_mnist, _train(real_mnist, str(root / "mlp"), hidden=(128, 64), epochs=3)
+    return real_mnist, _train_checkpoint(real_mnist, str(root / "mlp"), hidden=(128, 64), epochs=3)
 
 
 def _variants(digit, index):

@@ -104,7 +104,7 @@ class HostJob(Job):
                 if not (what[2] and self.parents.get(pid) in children)}
 
 
-def _train(folder, prefix, *extra):
+def _command(folder, prefix, *extra):
     """The trainer's command on folder's data, saving under prefix."""
     return TRAIN + ["--data-dir", folder, *FLAGS, "--model-prefix", prefix, *extra]
 
@@ -130,13 +130,13 @@ def _dist_sync_job(jobs, hosts, synthetic_dir, prefix, *extra):
     return jobs(hosts.apart(launch(
         ["-n", "2", "-s", "1", "--launcher", "ssh", "-H", hostfile, "--host-ip",
          hosts.local_address, "--ssh-config", hosts.ssh_config],
-        _train(synthetic_dir, prefix, "--kv-store", "dist_sync", *extra))), HostJob, hosts=hosts)
+        _command(synthetic_dir, prefix, "--kv-store", "dist_sync", *extra))), HostJob, hosts=hosts)
 
 
 def test_dist_sync_over_ssh_to_three_hosts_trains_like_one_process(synthetic_dir, tmp_path, hosts,
                                                                     jobs):
     net = hosts(3, send_env=[JOB_MARK])
-    single = run_alone(_train(synthetic_dir, str(tmp_path / "single")))
+    single = run_alone(_command(synthetic_dir, str(tmp_path / "single")))
     job = _dist_sync_job(jobs, net, synthetic_dir, str(tmp_path / "dist"))
     code, out, err = job.finish(timeout=240)
     assert code == 0, out[-2000:] + err[-2000:]
@@ -170,7 +170,7 @@ def test_a_link_cut_mid_job_ends_it_in_bounded_time_with_one_line_and_a_checkpoi
     # The newest checkpoint whose manifest was written resumes, in one process.
     saved = [re.fullmatch(r"cut-(\d{4})\.manifest\.json", name) for name in os.listdir(tmp_path)]
     newest = max(int(match[1]) for match in saved if match)
-    run_alone(_train(synthetic_dir, prefix, "--batch-size", "10", "--load-epoch", str(newest),
+    run_alone(_command(synthetic_dir, prefix, "--batch-size", "10", "--load-epoch", str(newest),
                      "--num-epochs", str(newest + 1)))
     assert os.path.exists(f"{prefix}-{newest + 1:04d}.manifest.json")
 
@@ -179,14 +179,14 @@ def test_a_link_cut_mid_job_ends_it_in_bounded_time_with_one_line_and_a_checkpoi
                     reason="Horovod is not installed (requirements-horovod.txt; .ci/run builds it)")
 def test_horovod_on_two_hosts_trains_like_one_process(synthetic_dir, tmp_path, hosts, jobs):
     net = hosts(2, send_env=[JOB_MARK])
-    single = run_alone(_train(synthetic_dir, str(tmp_path / "single")))
+    single = run_alone(_command(synthetic_dir, str(tmp_path / "single")))
     # horovodrun runs plain `ssh HOST`: the hosts' ssh, first on the PATH, brings their config.
     # Gloo uses the interface of that name on each host, and the rendezvous server is here, at the
     # same interface's address.
     job = jobs([HOROVODRUN, "--gloo", "-np", "2", "-H", ",".join(f"{a}:1" for a in net.addresses),
                 "-p", "22", "--network-interface", net.interface, "--disable-cache",
                 "--start-timeout", "60", "--gloo-timeout-seconds", "60",
-                *_train(synthetic_dir, str(tmp_path / "hvd"), "--kv-store", "horovod")],
+                *_command(synthetic_dir, str(tmp_path / "hvd"), "--kv-store", "horovod")],
                HostJob, hosts=net, env={"PATH": net.bin + os.pathsep + os.environ["PATH"]})
     code, out, err = job.finish(timeout=240)
     assert code == 0, out[-3000:] + err[-3000:]
@@ -202,7 +202,7 @@ def test_horovod_on_two_hosts_trains_like_one_process(synthetic_dir, tmp_path, h
 def test_the_mpi_launcher_with_two_workers_and_a_server_trains_like_one_process(
     synthetic_dir, tmp_path, hosts, jobs, where
 ):
-    single = run_alone(_train(synthetic_dir, str(tmp_path / "single")))
+    single = run_alone(_command(synthetic_dir, str(tmp_path / "single")))
     # Open MPI refuses root unless told twice.
     env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     net = None
@@ -222,7 +222,7 @@ def test_the_mpi_launcher_with_two_workers_and_a_server_trains_like_one_process(
                     "OMPI_MCA_oob_tcp_if_include": net.interface})
         where_args = ["--host-ip", net.local_address]
     command = launch(["-n", "2", "-s", "1", "--launcher", "mpi", "-H", str(hostfile), *where_args],
-                     _train(synthetic_dir, str(tmp_path / "mpi"), "--kv-store", "dist_sync"))
+                     _command(synthetic_dir, str(tmp_path / "mpi"), "--kv-store", "dist_sync"))
     job = jobs(net.apart(command) if net else command, HostJob, hosts=net, env=env)
     code, out, err = job.finish(timeout=240)
     assert code == 0, out[-2000:] + err[-2000:]

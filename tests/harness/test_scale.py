@@ -61,7 +61,7 @@ def test_more_devices_than_samples_in_a_batch_is_refused(synthetic_dir, capsys):
     assert code == 2 and "leaves a batch of 2 samples for 3 devices" in err and err.count("\n") == 1
 
 
-def _train(folder, prefix, *extra):
+def _worker(folder, prefix, *extra):
     """The command of a dist_sync worker training on folder, saving under prefix."""
     return TRAIN + ["--data-dir", folder, *FLAGS, "--kv-store", "dist_sync", "--model-prefix",
                     prefix, *extra]
@@ -89,7 +89,7 @@ def _same_as_single(single, dist, tmp_path):
 
 def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path, jobs):
     # The one process trains while the job starts.
-    job = jobs(launch([*TWO, "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist"))))
+    job = jobs(launch([*TWO, "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "dist"))))
     single = _single(synthetic_dir, tmp_path)
     _same_as_single(single, job.finish(), tmp_path)
     assert not job.processes()
@@ -106,7 +106,7 @@ def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_
     choose = ('if [ "$DMLC_ROLE" = worker ] && [ "$DMLC_TASK_ID" = 1 ]; then exec "$@" --data-dir '
               f'{shlex.quote(str(other))}; fi; exec "$@"')
     job = jobs(launch([*TWO, "--timeout", "150"],
-                      ["bash", "-c", choose, "bash", *_train(synthetic_dir, prefix)]))
+                      ["bash", "-c", choose, "bash", *_worker(synthetic_dir, prefix)]))
     code, out, err = job.finish()
     lines = [line for line in (out + err).splitlines() if "train_mnist.py: error: " in line]
     assert code != 0 and lines and "Traceback" not in out + err, out + err
@@ -119,9 +119,9 @@ def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_
 
 @pytest.mark.slow
 def test_two_jobs_on_one_machine_each_listen_on_a_port_of_their_own(synthetic_dir, tmp_path, jobs):
-    first = jobs(launch([*TWO, "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "a"))))
+    first = jobs(launch([*TWO, "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "a"))))
     time.sleep(0.5)
-    second = jobs(launch([*TWO, "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "b"))))
+    second = jobs(launch([*TWO, "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "b"))))
     for job in (first, second):
         code, out, err = job.finish()
         assert code == 0 and out.count("final test accuracy") == 1, err
@@ -135,11 +135,11 @@ def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly
 ):
     # The whole run's figures and bytes, straight, to compare the resumed one with.
     straight = jobs(launch([*TWO, "--timeout", "150"],
-                           _train(synthetic_dir, str(tmp_path / "straight"), "--batch-size", "10",
+                           _worker(synthetic_dir, str(tmp_path / "straight"), "--batch-size", "10",
                                   "--metrics-file", str(tmp_path / "straight.jsonl"))))
     assert straight.finish()[0] == 0
     prefix, metrics = str(tmp_path / "cut"), str(tmp_path / "cut.jsonl")
-    job = jobs(launch(TWO, _train(synthetic_dir, prefix, "--batch-size", "10", "--metrics-file",
+    job = jobs(launch(TWO, _worker(synthetic_dir, prefix, "--batch-size", "10", "--metrics-file",
                                   metrics)))
     wait_for_file(prefix + "-0001.manifest.json", process=job.process)
     workers = sorted(job.processes("worker", trainers=True))
@@ -170,7 +170,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_cleanly_with_one_line(
     synthetic_dir, tmp_path, jobs
 ):
     prefix = str(tmp_path / "dist")
-    job = jobs(launch(TWO, _train(synthetic_dir, prefix, "--num-epochs", "1000", "--batch-size",
+    job = jobs(launch(TWO, _worker(synthetic_dir, prefix, "--num-epochs", "1000", "--batch-size",
                                   "10")))
     wait_for_file(prefix + "-0001.manifest.json", process=job.process)
     job.process.send_signal(signal.SIGINT)
@@ -217,7 +217,7 @@ def test_a_job_resumes_on_another_worker_count_at_an_epoch_checkpoint(
                                *extra])
             return
         code, _, err = jobs(launch(["-n", str(workers), "-s", "1", "--timeout", "150"],
-                                   _train(synthetic_dir, prefix, *extra))).finish()
+                                   _worker(synthetic_dir, prefix, *extra))).finish()
         assert code == 0, err
     run(before, "--num-epochs", "2")
     run(after, "--load-epoch", "2")
@@ -272,7 +272,7 @@ def test_the_ssh_launcher_to_127_0_0_1_trains_like_one_process_and_leaves_nothin
     ssh_config, hosts = sshd
     single = _single(synthetic_dir, tmp_path)
     job = jobs(launch([*TWO, "--launcher", "ssh", "-H", hosts, "--ssh-config", ssh_config,
-                       "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist"))))
+                       "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "dist"))))
     _same_as_single(single, job.finish(), tmp_path)
     # The remote side ends as its connections close.
     assert job.gone(10)
@@ -336,7 +336,7 @@ def test_a_worker_slow_to_exit_after_the_last_barrier_is_waited_for(jobs):
 @pytest.mark.slow
 def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path, jobs):
     prefix = str(tmp_path / "dist")
-    job = jobs(launch(TWO, _train(synthetic_dir, prefix, "--num-epochs", "1000")),
+    job = jobs(launch(TWO, _worker(synthetic_dir, prefix, "--num-epochs", "1000")),
                stdout=subprocess.DEVNULL)
     wait_for_file(prefix + "-0002.manifest.json", timeout=90, process=job.process)
     roles = {role: job.processes(role, trainers=True) for role in ("scheduler", "server", "worker")}
