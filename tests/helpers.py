@@ -79,14 +79,19 @@ def epoch_lines(out):
     return [line.split()[:8] for line in lines if line.startswith("epoch ")]
 
 
-def wait_for_file(path, timeout=60, process=None):
-    """Wait until path exists; fail if it has not within timeout s, or if process ended first."""
+def wait_for_file(path, timeout=60, process=None, poll=0.02):
+    """Wait until path exists, looking every poll s; fail if it has not within timeout s.
+
+    Fail too if process (a Popen) ends first, with what it wrote on a stderr piped here.
+    """
     import time
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
-        assert process is None or process.poll() is None, f"ended before {path} was written"
+        if process is not None and process.poll() is not None:
+            said = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"ended before {path} was written: {said}")
         assert time.monotonic() < deadline, f"{path} was not written within {timeout} s"
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def idx_bytes(array, magic=None):

@@ -13,7 +13,16 @@ import pytest
 
 import network
 import train_mnist
-from helpers import ROOT, TRAIN, config, load_mnist, run_cli, train_with_faults, tree_bytes
+from helpers import (
+    ROOT,
+    TRAIN,
+    config,
+    load_mnist,
+    run_cli,
+    train_with_faults,
+    tree_bytes,
+    wait_for_file,
+)
 
 
 @pytest.fixture
@@ -367,9 +376,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
     for _ in range(6):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Let it get past start-up and into saving, then kill it somewhere inside the save loop.
-        deadline = time.time() + 60
-        while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_file(prefix + "-0001.manifest.json", poll=0.01)
         time.sleep(rng.uniform(0, 0.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -414,9 +421,7 @@ def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_file(prefix + "-0002.manifest.json", process=process, poll=0.005)
     finished = {name: data for name, data in tree_bytes(ck).items() if name[4:8].isdigit()}
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)

@@ -32,6 +32,7 @@ from helpers import (
     synthetic_arrays,
     train_with_faults,
     tree_bytes,
+    wait_for_file,
     wait_for_signal_handlers,
     write_file,
     write_idx,
@@ -898,9 +899,7 @@ def test_a_second_signal_exits_at_once_with_one_more_line(saved, tmp_path):
         text=True,
         preexec_fn=default_signals,
     )
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_file(prefix + "-0001.manifest.json", process=process, poll=0.01)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -1031,10 +1030,7 @@ def _running(folder, prefix, *extra):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-        time.sleep(0.02)
-    assert process.poll() is None, process.stderr.read()
+    wait_for_file(prefix + "-0001.manifest.json", process=process)
     return process
 
 
@@ -1107,8 +1103,7 @@ def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_pat
     assert len(refused) == 1 and refused[0].returncode == 2
     assert "is in use by process" in refused[0].stderr.read()
     survivor = next(run for run in runs if run is not refused[0])
-    while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_file(prefix + "-0002.manifest.json", process=survivor, poll=0.05)
     _stop(survivor)
     tags = [tag for tag in checkpoint.listing(prefix) if not tag.interrupted]
     assert len(tags) >= 2
