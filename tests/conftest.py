@@ -16,7 +16,7 @@ from harness import compat
 # point.
 compat.install()
 
-from helpers import REAL_MNIST, ROOT, Job, write_mnist
+from helpers import ISA_LIMITS, ROOT, Job, cpu_has_kind, need_real_mnist, write_mnist
 
 
 @pytest.fixture
@@ -34,29 +34,19 @@ def isolated_data_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet_home"))
 
 
-# oneDNN's kernels round by the instruction set they use: DNNL_MAX_CPU_ISA pins it, so that an
-# AVX-512 CPU can print an AVX2 CPU's figures too.
-ISA_LIMITS = {"avx2": "AVX2", "avx512": "AVX512_CORE"}
 _DEFAULT_RUNS = {}
-
-
-def cpu_has(flag):
-    """Whether this CPU has the instruction-set flag (as /proc/cpuinfo names it, such as avx2)."""
-    with open("/proc/cpuinfo") as f:
-        return f" {flag}" in f.read()
 
 
 def _default_run(tmp_path_factory, isa):
     """`python train_mnist.py` with the defaults on real MNIST, as a user runs it, with oneDNN
     pinned to the instruction set isa: (stdout, per-epoch records), once a session."""
-    if REAL_MNIST is None:
-        pytest.skip("real MNIST not found (MNIST_DIR, then ../shared/mnist)")
-    if not cpu_has(isa + ("f" if isa == "avx512" else "")):
+    real_mnist = need_real_mnist()
+    if not cpu_has_kind(isa):
         pytest.skip(f"this CPU has no {isa}: it cannot print an {isa} CPU's figures")
     if isa not in _DEFAULT_RUNS:
         metrics = tmp_path_factory.mktemp("default_run") / "metrics.jsonl"
         done = subprocess.run(
-            [sys.executable, "train_mnist.py", "--data-dir", REAL_MNIST, "--metrics-file",
+            [sys.executable, "train_mnist.py", "--data-dir", real_mnist, "--metrics-file",
              str(metrics)],
             cwd=ROOT, capture_output=True, text=True, timeout=900,
             env=dict(os.environ, DNNL_MAX_CPU_ISA=ISA_LIMITS[isa]),
@@ -65,6 +55,12 @@ def _default_run(tmp_path_factory, isa):
         _DEFAULT_RUNS[isa] = (done.stdout,
                               [json.loads(line) for line in metrics.read_text().splitlines()])
     return _DEFAULT_RUNS[isa]
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    """The real MNIST folder, or a skip (a failure under REQUIRE_REAL_MNIST=1) without it."""
+    return need_real_mnist()
 
 
 @pytest.fixture(scope="session", params=sorted(ISA_LIMITS))
@@ -81,13 +77,12 @@ def default_run_avx2(tmp_path_factory):
 
 @pytest.fixture
 def jobs():
-    """Start a job as Job(launcher_args, command) does; every one is ended when the test ends."""
+    """jobs(command, make=Job, **options): make(command, **options), started; each ended after."""
     started = []
 
-    def start(launcher_args, command, **popen):
-        started.append(Job(launcher_args, command, **popen))
+    def start(command, make=Job, **options):
+        started.append(make(command, **options))
         return started[-1]
     yield start
     for job in started:
         job.kill()
-

@@ -2,6 +2,7 @@
 import gzip
 import os
 import struct
+import sys
 
 import numpy as np
 
@@ -10,16 +11,87 @@ from harness import idx_files
 from harness.datasets import FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The lesson: the five files at the root.
+LESSON = ["data.py", "metrics.py", "network.py", "optimizer.py", "train_mnist.py"]
 
 
-def config(folder=None, **overrides):
-    """The Config of a small test run on folder."""
-    # A narrow MLP, 3 epochs, no progress lines, no pictures.
-    settings = dict(
-        data_dir=folder or "", num_hidden=(32, 16), num_epochs=3, disp_batches=0, plot_dir="none"
-    )
+# The settings of a small test run: a narrow MLP, 3 epochs, no progress lines, no pictures.
+SMALL_RUN = dict(num_hidden=(32, 16), num_epochs=3, disp_batches=0, plot_dir="none")
+# The trainer, as a user runs it.
+TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
+
+
+def _settings(presets, overrides):
+    """SMALL_RUN, updated by each preset dict in turn and then by overrides."""
+    settings = dict(SMALL_RUN)
+    for preset in presets:
+        settings.update(preset)
     settings.update(overrides)
-    return train_mnist.Config(**settings)
+    return settings
+
+
+def config(folder=None, *presets, **overrides):
+    """The Config of a small test run on folder: SMALL_RUN, each preset dict, then overrides."""
+    return train_mnist.Config(**_settings([{"data_dir": folder or ""}, *presets], overrides))
+
+
+def flags(*presets, **overrides):
+    """The trainer's flags for the run that config(folder, *presets, **overrides) describes.
+
+    The data folder is left to the caller.
+
+    A value of None leaves its flag out (the trainer's default); a tuple is written as the flags
+    take it, comma-separated.
+    """
+    words = []
+    for name, value in _settings(presets, overrides).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: flags() takes values, not switches")
+        if isinstance(value, (tuple, list)):
+            value = ",".join(str(part) for part in value)
+        words += ["--" + name.replace("_", "-"), str(value)]
+    return words
+
+
+# The figures of an epoch's record that a run must reproduce (its timings vary).
+FIGURES = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def run_alone(command, timeout=120):
+    """Run a trainer's command in one process, from the root; its stdout, once it exits 0."""
+    import subprocess
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def epoch_lines(out):
+    """The first 8 words of each epoch line of a run's stdout: its figures without its timings.
+
+    From a terminal too (over ssh -tt, lines come with the codes that redraw a bar), and behind
+    Horovod's prefixes ("[0]<stdout>:").
+    """
+    import re
+    text = out.replace("\033[K", "").replace("\r", "\n")
+    lines = [re.sub(r"^\[\d+\]<std(out|err)>:", "", line).strip() for line in text.splitlines()]
+    return [line.split()[:8] for line in lines if line.startswith("epoch ")]
+
+
+def wait_for_file(path, timeout=60, process=None, poll=0.02):
+    """Wait until path exists, looking every poll s; fail if it has not within timeout s.
+
+    Fail too if process (a Popen) ends first, with what it wrote on a stderr piped here.
+    """
+    import time
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if process is not None and process.poll() is not None:
+            said = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"ended before {path} was written: {said}")
+        assert time.monotonic() < deadline, f"{path} was not written within {timeout} s"
+        time.sleep(poll)
 
 
 def idx_bytes(array, magic=None):
@@ -51,8 +123,10 @@ def read_labels(path):
 
 
 def synthetic_arrays(num_train=1050, num_test=230, seed=0):
-    """Ten noisy prototype digits."""
-    # Learnable in an epoch or two, far from trivial at initialisation.
+    """Ten noisy prototype digits: learnable in an epoch or two, far from trivial at first.
+
+    (train images, train labels, test images, test labels), uint8, num_train and num_test of them.
+    """
     rng = np.random.RandomState(seed)
     prototypes = rng.rand(10, 28, 28) > 0.7
     arrays = []
@@ -122,8 +196,7 @@ BAD_DATA = [
 
 
 def real_mnist_dir():
-    """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project."""
-    # None if neither exists.
+    """The real MNIST for tests: $MNIST_DIR, else ../shared/mnist beside the project; or None."""
     for folder in (os.environ.get("MNIST_DIR"), os.path.join(ROOT, "..", "shared", "mnist")):
         if (
             folder
@@ -136,6 +209,114 @@ def real_mnist_dir():
 
 # Read once at import, before any fixture clears MNIST_DIR.
 REAL_MNIST = real_mnist_dir()
+NO_REAL_MNIST = "real MNIST not found (MNIST_DIR, then ../shared/mnist)"
+
+
+def need_real_mnist():
+    """REAL_MNIST; without it, a skip that says where the tests look for it.
+
+    Under REQUIRE_REAL_MNIST=1 (as CI sets it), a failure instead: there, nothing is skipped for
+    want of data.
+    """
+    import pytest
+    if REAL_MNIST is None:
+        if os.environ.get("REQUIRE_REAL_MNIST") == "1":
+            pytest.fail(f"{NO_REAL_MNIST}, and REQUIRE_REAL_MNIST=1 asks for it")
+        pytest.skip(NO_REAL_MNIST)
+    return REAL_MNIST
+
+
+# oneDNN's kernels round by the instruction set they use: DNNL_MAX_CPU_ISA pins it, so that an
+# AVX-512 CPU can print an AVX2 CPU's figures too.
+ISA_LIMITS = {"avx2": "AVX2", "avx512": "AVX512_CORE"}
+
+
+def cpu_has(flag):
+    """Whether this CPU has the instruction-set flag (as /proc/cpuinfo names it, such as avx2)."""
+    with open("/proc/cpuinfo") as f:
+        return f" {flag}" in f.read()
+
+
+def cpu_has_kind(isa):
+    """Whether this CPU has the instruction set isa of ISA_LIMITS (avx512: AVX-512 F at least)."""
+    return cpu_has(isa + ("f" if isa == "avx512" else ""))
+
+
+def cpu_kind():
+    """The widest instruction set of ISA_LIMITS this CPU has ("avx512", "avx2"), or None."""
+    for isa in ("avx512", "avx2"):
+        if cpu_has_kind(isa):
+            return isa
+    return None
+
+
+def importable(*names):
+    """Whether every module of names can be imported here (the optional ONNX tools, Pillow)."""
+    import importlib
+    try:
+        for name in names:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+NO_ONNX = "onnx and onnxruntime are not installed (see requirements-onnx.txt)"
+
+
+def need_onnx():
+    """A skip that says how to install the ONNX tools, unless they are installed."""
+    import pytest
+    if not importable("onnx", "onnxruntime"):
+        pytest.skip(NO_ONNX)
+
+
+def drawn(path):
+    """Write a picture as Matplotlib draws one at path: an earlier run's, which a run may redraw."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure = plt.figure(figsize=(1, 1))
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
+# The setups of the tables of cases: each is a function of the case's folder d (a pathlib.Path)
+# that changes it in one way before the case runs.
+def nothing(d):
+    """Leave the case's folder as it is."""
+
+
+def write_file(name, payload):
+    """A setup that writes payload to d/name, making its folders."""
+    def setup(d):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(payload)
+    return setup
+
+
+def symlink(name, target):
+    """A setup that makes d/name a symlink to d/target (or to target itself, if it is absolute)."""
+    def setup(d):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(d / target, d / name)
+    return setup
+
+
+def make_folder(name):
+    """A setup that makes the folder d/name, and the folders above it."""
+    def setup(d):
+        (d / name).mkdir(parents=True)
+    return setup
+
+
+def fifo(name):
+    """A setup that puts a FIFO at d/name, in place of the file there if any."""
+    def setup(d):
+        if os.path.lexists(d / name):
+            os.remove(d / name)
+        os.mkfifo(d / name)
+    return setup
 
 
 def numpy_probs(params, images):
@@ -151,9 +332,10 @@ def numpy_probs(params, images):
 
 
 def tree_bytes(folder):
-    """Every file under folder, by path, with its bytes (or its kind, if not a regular file)."""
-    # To show that a
-    # run wrote or changed nothing.
+    """Every file under folder, by path, with its bytes (or its kind, if not a regular file).
+
+    Compared before and after, it shows that a run wrote or changed nothing.
+    """
     found = {}
     for root, _, names in os.walk(folder):
         for name in names:
@@ -192,9 +374,11 @@ class FakeRun:
 
 
 def bound_model(hidden=(16,), seed=0, iterators=None, opt=None, **settings):
-    """A devices.Model of the MLP bound as training binds it (the plain path unless fast=True)."""
-    # Its weights
-    # initialised from seed, for the iterators given (a 100-sample NDArrayIter of zeros by default).
+    """A devices.Model of the MLP bound as training binds it (the plain path unless fast=True).
+
+    Its weights are initialised from seed, for the iterators given (a 100-sample NDArrayIter of
+    zeros by default).
+    """
     import mxnet as mx
 
     import network
@@ -325,8 +509,7 @@ def wait_for_signal_handlers(pid, timeout=30):
 
 
 def train_with_faults(argv, env=None, wait=True, timeout=120):
-    """train_mnist.py with argv under FAULT_DRIVER."""
-    # (exit code, stderr), or the process if not wait.
+    """train_mnist.py with argv under FAULT_DRIVER: (exit code, stderr); its Popen unless wait."""
     import subprocess
     import sys
 
@@ -378,66 +561,154 @@ def exit_code(status):
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
 
 
-# Every process of a job that a test launches carries this variable, with a value of the job's own:
-# no test counts, or stops, the processes of anyone else's job.
-JOB_MARK = "SCALE_TEST_JOB"
+# Every process of a job that a test starts carries this variable, with a value of the job's own
+# (sent over ssh to the test's hosts too): no test counts, or stops, the processes of anyone else's.
+JOB_MARK = "TEST_JOB_MARK"
+# The launcher, as a user runs it.
+LAUNCH = [sys.executable, "-m", "harness.launch"]
+
+
+def launch(launcher_args, command):
+    """The command that runs command under python -m harness.launch with launcher_args."""
+    return [*LAUNCH, *launcher_args, "--", *command]
+
+
+def marked_processes(name, value):
+    """pid -> (environment, command line) of each process here whose environment has name=value.
+
+    The environment is a dict of str, the command line a list of str; this process is left out.
+    """
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                items = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        env = dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
+        if env.get(name) == value:
+            found[int(entry)] = (env, [word.decode(errors="replace") for word in words if word])
+    return found
 
 
 class Job:
-    """A job that a test launched with python -m harness.launch: its launcher, and its processes."""
+    """A job a test started in the background: its first process, its output, all its processes.
 
-    def __init__(self, launcher_args, command, **popen):
+    Its output is read as it comes, line by line with the time it came (lines), so that a test can
+    look at it while the job runs.
+    """
+
+    def __init__(self, command, env=None, **popen):
         import subprocess
-        import sys
+        import threading
         import uuid
         self.mark = uuid.uuid4().hex
-        env = dict(os.environ, **{JOB_MARK: self.mark})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "harness.launch", *launcher_args, "--", *command],
-            cwd=ROOT,
-            env=env,
-            stdout=popen.pop("stdout", subprocess.PIPE),
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=popen.pop("preexec_fn", default_signals),
-            **popen,
-        )
+            command, cwd=ROOT, env=dict(os.environ, **{JOB_MARK: self.mark}, **(env or {})),
+            stdout=popen.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, text=True,
+            preexec_fn=popen.pop("preexec_fn", default_signals), **popen)
+        self.lines = {"out": [], "err": []}
+        self._arrived = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)
+                         for name, stream in (("out", self.process.stdout),
+                                              ("err", self.process.stderr)) if stream]
+        for thread in self._readers:
+            thread.start()
+
+    def _read(self, name, stream):
+        """Keep each line of stream, with the time it came, until the stream ends."""
+        import time
+        for line in stream:
+            with self._arrived:
+                self.lines[name].append((time.monotonic(), line))
+                self._arrived.notify_all()
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def wait_for_line(self, start, timeout=120):
+        """Wait until the job prints a line on stdout that starts with start; fail if it ends first.
+
+        It returns as soon as the reader has the line: a test can act on it as a user would.
+        """
+        def printed():
+            return any(line.startswith(start) for _, line in self.lines["out"])
+
+        def over():
+            return printed() or not any(thread.is_alive() for thread in self._readers)
+        with self._arrived:
+            self._arrived.wait_for(over, timeout)
+            assert printed(), f"the job printed no line {start!r}:\n{self.text('out')[-2000:]}"
+
+    def text(self, name):
+        """All that the job wrote on stream name ("out" or "err") so far."""
+        return "".join(line for _, line in list(self.lines[name]))
+
+    def wait_for(self, path, timeout=60):
+        """Wait until the job has written path; fail, with its last output, if it ends first."""
+        try:
+            wait_for_file(path, timeout, self.process)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; the job's last output:\n"
+                                 f"{self.text('out')[-2000:]}{self.text('err')[-2000:]}") from None
 
     def processes(self, role=None, trainers=False):
         """The pids here that belong to this job (role: only those of it; trainers: not guards)."""
         found = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    env = dict(
-                        item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item
-                    )
-            except (OSError, ValueError):
+        for pid, (env, _) in marked_processes(JOB_MARK, self.mark).items():
+            if role and env.get("DMLC_ROLE") != role:
                 continue
-            if env.get(JOB_MARK.encode()) != self.mark.encode():
+            if trainers and env.get("LAUNCH_JOB_CHILD") != "1":
                 continue
-            if role and env.get(b"DMLC_ROLE") != role.encode():
-                continue
-            if trainers and env.get(b"LAUNCH_JOB_CHILD") != b"1":
-                continue
-            found.append(int(entry))
+            found.append(pid)
         return found
 
     def finish(self, timeout=180):
-        """Wait for the launcher: (its exit code, its stdout, its stderr)."""
-        out, err = self.process.communicate(timeout=timeout)
-        return self.process.returncode, out or "", err
+        """(exit code, stdout, stderr) once the job's first process ends; a failure past timeout."""
+        import subprocess
+
+        import pytest
+        try:
+            self.process.wait(timeout)
+            running = False
+        except subprocess.TimeoutExpired:
+            running = True
+        # Outside the except: one failure, not a failure during the handling of another.
+        if running:
+            pytest.fail(f"the job did not end within {timeout:g} s; its last output:\n"
+                        f"{self.text('out')[-1500:]}{self.text('err')[-1500:]}")
+        for thread in self._readers:
+            thread.join(10)
+        return self.process.returncode, self.text("out"), self.text("err")
+
+    def gone(self, timeout):
+        """Whether every process of the job has ended within timeout seconds."""
+        import time
+        deadline = time.monotonic() + timeout
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self.processes()
 
     def kill(self):
-        """End the launcher and whatever of the job is left: no test leaves a job running."""
+        """End the job's first process and whatever of the job is left: no test leaves one running.
+
+        A launcher is asked twice, as a user's two Ctrl-Cs would, and given a minute.
+        """
         import signal
+        import subprocess
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             self.process.send_signal(signal.SIGINT)
-            self.process.communicate(timeout=60)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
         for pid in self.processes():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-

@@ -1,8 +1,5 @@
 """train() on any MXNet data iterator: NDArrayIter, MXNet's C++ MNISTIter, a user's own DataIter."""
 
-import os
-import subprocess
-import sys
 
 import mxnet as mx
 import numpy as np
@@ -11,11 +8,13 @@ import pytest
 import data
 import train_mnist
 from helpers import (
-    REAL_MNIST,
-    ROOT,
+    TRAIN,
     assert_params_close,
     config,
+    flags,
+    launch,
     load_mnist,
+    run_alone,
     saved_params,
     write_mnist,
 )
@@ -130,17 +129,17 @@ def test_the_built_in_source_is_a_data_iter_that_module_fit_can_use(synthetic_di
     assert dict(module.score(test_iter, "acc"))["accuracy"] > 0.9
 
 
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["ndarray", "mxnet"])
 def test_on_real_mnist_every_source_reaches_the_built_in_accuracy_within_half_a_point(
-    source, tmp_path
+    real_mnist, source
 ):
-    settings = config(REAL_MNIST, num_hidden=(128, 64))
+    settings = config(real_mnist, num_hidden=(128, 64))
     ours = train_mnist.train(settings)
     if source == "ndarray":
-        theirs = train_mnist.train(settings, *_ndarray_iters(REAL_MNIST))
+        theirs = train_mnist.train(settings, *_ndarray_iters(real_mnist))
     else:
-        theirs = train_mnist.train(config(REAL_MNIST, num_hidden=(128, 64), data_iter="mxnet"))
+        theirs = train_mnist.train(config(real_mnist, num_hidden=(128, 64), data_iter="mxnet"))
     assert abs(ours[-1]["test_acc"] - theirs[-1]["test_acc"]) <= 0.005, (ours[-1], theirs[-1])
 
 
@@ -266,21 +265,17 @@ def test_mxnets_iterator_refuses_a_batch_that_workers_cannot_share_evenly(synthe
 @pytest.mark.slow
 def test_mxnets_iterator_over_two_workers_takes_the_global_batch_of_one_process(synthetic_dir,
                                                                                 tmp_path):
-    flags = ["--data-dir", synthetic_dir, "--data-iter", "mxnet", "--num-epochs", "1",
-             "--disp-batches", "1", "--plot-dir", "none", "--threads", "1"]
-    train = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
-    one = subprocess.run(train + flags, capture_output=True, text=True, timeout=300)
-    two = subprocess.run(
-        [sys.executable, "-m", "harness.launch", "-n", "2", "-s", "1", "--timeout", "280", "--"]
-        + train + flags + ["--kv-store", "dist_sync"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    command = TRAIN + ["--data-dir", synthetic_dir, *flags(data_iter="mxnet", num_epochs=1,
+                                                          disp_batches=1, threads=1)]
+    one = run_alone(command, timeout=300)
+    two = run_alone(launch(["-n", "2", "-s", "1", "--timeout", "280"],
+                           command + ["--kv-store", "dist_sync"]), timeout=300)
 
     def batches(out):
         return [line.split()[3] for line in out.replace("\r", "\n").splitlines()
                 if line.startswith("epoch ") and " batch " in line]
     # 1050 samples, batches of 100: 10 steps; two workers, each 50 of each batch, step 10 times.
-    assert batches(one.stdout)[-1] == batches(two.stdout)[-1] == "10/10"
+    assert batches(one)[-1] == batches(two)[-1] == "10/10"
 
 
 @pytest.mark.parametrize("wrap", ["prefetching", "prefetching-twice"])

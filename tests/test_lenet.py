@@ -1,20 +1,23 @@
 """--network lenet: everything that works for the MLP works for MXNet's LeNet too."""
-import os
-import subprocess
-import sys
 
 import mxnet as mx
 import pytest
 
 import train_mnist
 from harness import plots
-from helpers import ROOT, assert_params_close, config, run_cli, saved_params
+from helpers import (
+    TRAIN,
+    assert_params_close,
+    config,
+    flags,
+    launch,
+    run_alone,
+    run_cli,
+    saved_params,
+)
 
-
-def _config(folder, **overrides):
-    return config(
-        folder, **dict(dict(network="lenet", num_hidden=(128, 64), num_epochs=2), **overrides)
-    )
+# LeNet (which takes the default widths), for 2 epochs.
+LENET = dict(network="lenet", num_hidden=(128, 64), num_epochs=2)
 
 
 @pytest.mark.parametrize(
@@ -28,16 +31,16 @@ def _config(folder, **overrides):
     ids=["sgd", "nag", "adam", "manual-gradient"],
 )
 def test_lenet_learns_with_each_optimizer_and_loss(synthetic_dir, settings):
-    history = train_mnist.train(_config(synthetic_dir, **settings))
+    history = train_mnist.train(config(synthetic_dir, LENET, **settings))
     assert history[-1]["test_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_lenet_resumes_bit_for_bit(synthetic_dir, tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-    train_mnist.train(_config(synthetic_dir, num_epochs=3, mom=0.9, model_prefix=straight))
-    train_mnist.train(_config(synthetic_dir, num_epochs=1, mom=0.9, model_prefix=split))
+    train_mnist.train(config(synthetic_dir, LENET, num_epochs=3, mom=0.9, model_prefix=straight))
+    train_mnist.train(config(synthetic_dir, LENET, num_epochs=1, mom=0.9, model_prefix=split))
     train_mnist.train(
-        _config(synthetic_dir, num_epochs=3, mom=0.9, model_prefix=split, load_epoch=1)
+        config(synthetic_dir, LENET, num_epochs=3, mom=0.9, model_prefix=split, load_epoch=1)
     )
     assert open(straight + "-0003.params", "rb").read() == open(split + "-0003.params", "rb").read()
     # MXNet's own loader reads it
@@ -53,13 +56,8 @@ def test_lenet_trains_the_same_bytes_with_no_fast_and_alike_on_two_contexts(
     # through the convolutions: 5e-5 after 12 steps of 1050 samples.
     for name, settings in (("one", {}), ("two", {"cpus": 2}), ("plain", {"fast": False})):
         train_mnist.train(
-            _config(
-                synthetic_dir,
-                batch_size=64,
-                num_epochs=1,
-                model_prefix=str(tmp_path / name),
-                **settings,
-            )
+            config(synthetic_dir, LENET, batch_size=64, num_epochs=1,
+                   model_prefix=str(tmp_path / name), **settings)
         )
     with open(tmp_path / "one-0001.params", "rb") as one, \
             open(tmp_path / "plain-0001.params", "rb") as plain:
@@ -67,51 +65,21 @@ def test_lenet_trains_the_same_bytes_with_no_fast_and_alike_on_two_contexts(
     assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "two", 1))
 
 
+@pytest.mark.slow
 def test_lenet_over_dist_sync_trains_like_one_process(synthetic_dir, tmp_path):
-    flags = [
-        "--data-dir",
-        synthetic_dir,
-        "--network",
-        "lenet",
-        "--num-epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--disp-batches",
-        "0",
-        "--plot-dir",
-        "none",
-        # One thread each: the same sums.
-        "--threads",
-        "1",
-    ]
-    train = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
-    single = subprocess.run(
-        train + flags + ["--model-prefix", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr
-    dist = subprocess.run(
-        [sys.executable, "-m", "harness.launch", "-n", "2", "-s", "1", "--timeout", "280", "--"]
-        + train
-        + flags
-        + ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert dist.returncode == 0, dist.stderr
+    # One thread each: the same sums. LeNet's widths are its own: no --num-hidden.
+    command = TRAIN + ["--data-dir", synthetic_dir, *flags(LENET, num_hidden=None, num_epochs=1,
+                                                           batch_size=64, threads=1)]
+    run_alone(command + ["--model-prefix", str(tmp_path / "one")], timeout=300)
+    dist = command + ["--kv-store", "dist_sync", "--model-prefix", str(tmp_path / "dist")]
+    run_alone(launch(["-n", "2", "-s", "1", "--timeout", "280"], dist), timeout=300)
     assert_params_close(saved_params(tmp_path / "one", 1), saved_params(tmp_path / "dist", 1))
 
 
 def test_lenet_draws_its_pictures(synthetic_dir, tmp_path):
     lines = []
-    train_mnist.train(
-        _config(synthetic_dir, num_epochs=1, plot_dir=str(tmp_path / "pics")), log=lines.append
-    )
+    train_mnist.train(config(synthetic_dir, LENET, num_epochs=1, plot_dir=str(tmp_path / "pics")),
+                      log=lines.append)
     for name in (plots.CURVES, plots.CONFUSION, plots.MISTAKES):
         with open(tmp_path / "pics" / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"

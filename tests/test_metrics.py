@@ -34,7 +34,7 @@ def test_the_accuracy_reads_as_d2ls_on_numpy_arrays_too():
     assert metrics.accuracy(probs, labels) == np.sum(probs.argmax(axis=1) == labels)
 
 
-def test_all_wrong_and_all_right_batches():
+def test_all_wrong_and_all_right_batches_count_0_and_4_and_cost_log_eps():
     probs = mx.nd.array(np.eye(4, dtype=np.float32))
     right, wrong = mx.nd.array([0, 1, 2, 3]), mx.nd.array([1, 2, 3, 0])
     assert metrics.accuracy(probs, right).asscalar() == 4

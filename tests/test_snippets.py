@@ -7,7 +7,6 @@ MNIST. A block that is a verbatim excerpt of the project's code (the README's lo
 tests/test_readme.py checks that it is the code.
 """
 import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, write_mnist
+from helpers import ROOT, importable, need_onnx, write_mnist
 
 PAGES = ["README.md"] + sorted(
     os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "docs", "*.md"))
@@ -65,11 +64,6 @@ ONE_LINERS = [
 ]
 
 
-def _installed(*modules):
-    """Whether each module can be imported here, without importing it."""
-    return all(importlib.util.find_spec(module) is not None for module in modules)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """(folder, environment): a copy of the project, a checkpoint in it, synthetic MNIST beside."""
@@ -90,7 +84,7 @@ def project(tmp_path_factory):
     images = next(line for _, block in fenced("docs/export.md", "bash")
                   for line in block.splitlines() if "test-images.npy" in line)
     _shell(folder, env, images)
-    if _installed("onnx", "onnxruntime"):
+    if importable("onnx", "onnxruntime"):
         _shell(folder, env, "python train_mnist.py --model-prefix runs/mlp --load-epoch 15 "
                             "--num-hidden 16 --export-onnx runs/mlp.onnx")
     return folder, env
@@ -114,8 +108,8 @@ def test_only_the_readme_s_loop_is_an_excerpt_and_every_other_block_is_run():
 @pytest.mark.parametrize("where, text", RUN, ids=[where for where, _ in RUN])
 def test_the_snippet_runs_as_written_and_prints_nothing_on_stderr(project, where, text):
     folder, env = project
-    if "onnxruntime" in text and not _installed("onnx", "onnxruntime"):
-        pytest.skip("onnx and onnxruntime are not installed (see requirements-onnx.txt)")
+    if "onnxruntime" in text:
+        need_onnx()
     done = subprocess.run([sys.executable, "-"], input=text, cwd=folder, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stderr == "", done.stderr

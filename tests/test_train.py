@@ -9,7 +9,17 @@ import pytest
 
 import train_mnist
 from harness import cli
-from helpers import batch_of, bound_model, config, numpy_probs, synthetic_arrays
+from helpers import (
+    ISA_LIMITS,
+    ROOT,
+    TRAIN,
+    batch_of,
+    bound_model,
+    config,
+    cpu_kind,
+    numpy_probs,
+    synthetic_arrays,
+)
 from optimizer import SGD
 
 
@@ -179,13 +189,39 @@ def test_lr_step_epochs_alone_means_the_step_schedule(synthetic_dir):
     assert stepped[1]["train_loss"] > plain[1]["train_loss"]
 
 
+def _recorded(isa):
+    """The figures of each epoch of the default run on real MNIST, as recorded for CPU kind isa."""
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "default_run.json")) as f:
+        return json.load(f)["epochs"][isa]
+
+
+def test_the_first_epoch_on_real_mnist_gives_the_default_runs_figures_of_this_cpus_kind(
+    real_mnist, tmp_path
+):
+    # The default run cut to its first epoch, as a user runs it, with oneDNN pinned to this CPU's
+    # widest kind: its first epoch's figures are the recorded ones of that kind, to the last digit.
+    import os
+    import subprocess
+    isa, metrics = cpu_kind(), tmp_path / "metrics.jsonl"
+    env = dict(os.environ, **({"DNNL_MAX_CPU_ISA": ISA_LIMITS[isa]} if isa else {}))
+    done = subprocess.run(TRAIN + ["--data-dir", real_mnist, "--num-epochs", "1", "--metrics-file",
+                                   str(metrics)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    (record,) = [json.loads(line) for line in metrics.read_text().splitlines()]
+    recorded = _recorded(isa or "avx2")[0]
+    if isa:
+        assert {key: record[key] for key in recorded} == recorded
+    else:
+        # A CPU of neither kind rounds in its own way: the figures agree, not to the last digit.
+        assert {key: pytest.approx(record[key], rel=1e-3) for key in recorded} == recorded
+
+
 @pytest.mark.slow
 def test_the_default_run_gives_the_recorded_figures_epoch_by_epoch(default_run):
     """The default run on real MNIST: at least 97.5%, and the figures recorded for its CPU kind."""
-    import os
-    with open(os.path.join(os.path.dirname(__file__), "fixtures", "default_run.json")) as f:
-        fixture = json.load(f)
     isa, _, history = default_run
     assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
-    for ours, recorded in zip(history, fixture["epochs"][isa]):
+    for ours, recorded in zip(history, _recorded(isa)):
         assert {key: ours[key] for key in recorded} == recorded

@@ -13,7 +13,16 @@ import pytest
 
 import network
 import train_mnist
-from helpers import ROOT, config, load_mnist, run_cli, train_with_faults, tree_bytes
+from helpers import (
+    ROOT,
+    TRAIN,
+    config,
+    load_mnist,
+    run_cli,
+    train_with_faults,
+    tree_bytes,
+    wait_for_file,
+)
 
 
 @pytest.fixture
@@ -24,13 +33,10 @@ def ck(tmp_path):
     return folder
 
 
-def _config(folder, prefix, **overrides):
-    return config(folder, **dict(dict(num_epochs=4, model_prefix=prefix), **overrides))
-
-
 def test_saves_every_period_and_the_last_epoch_in_mxnet_format(synthetic_dir, ck):
     prefix = str(ck / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=5, save_period=2, plot_dir=""))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=5, save_period=2,
+                             plot_dir=""))
     assert sorted(os.listdir(ck)) == [
         *[
             f"mlp-000{e}.{kind}"
@@ -68,9 +74,10 @@ def test_saves_every_period_and_the_last_epoch_in_mxnet_format(synthetic_dir, ck
 @pytest.mark.filterwarnings("ignore:Cannot decide type")
 def test_saved_model_scores_the_same_through_module_and_gluon(synthetic_dir, ck):
     prefix = str(ck / "mlp")
-    history = train_mnist.train(_config(synthetic_dir, prefix, num_epochs=2, lr=0.05))
+    history = train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=2, lr=0.05))
     _, _, test_x, test_y = load_mnist(synthetic_dir)
-    ours = train_mnist.score(_config(synthetic_dir, prefix, load_epoch=2, evaluate=True))
+    ours = train_mnist.score(config(synthetic_dir, model_prefix=prefix, num_epochs=4,
+                                    load_epoch=2, evaluate=True))
     assert ours["acc"] == pytest.approx(history[-1]["test_acc"], abs=1e-12)
 
     symbol, arg_params, aux_params = mx.model.load_checkpoint(prefix, 2)
@@ -116,9 +123,10 @@ def _slow(settings, name):
 def test_resume_is_bit_identical_to_a_straight_run(synthetic_dir, ck, settings):
     straight, split = str(ck / "straight"), str(ck / "split")
     common = dict(settings, batch_size=64, plot_dir=str(ck / "pics"))
-    full = train_mnist.train(_config(synthetic_dir, straight, num_epochs=5, **common))
-    train_mnist.train(_config(synthetic_dir, split, num_epochs=2, **common))
-    resumed = train_mnist.train(_config(synthetic_dir, split, num_epochs=5, load_epoch=2, **common))
+    full = train_mnist.train(config(synthetic_dir, model_prefix=straight, num_epochs=5, **common))
+    train_mnist.train(config(synthetic_dir, model_prefix=split, num_epochs=2, **common))
+    resumed = train_mnist.train(config(synthetic_dir, model_prefix=split, num_epochs=5,
+                                       load_epoch=2, **common))
     assert open(straight + "-0005.params", "rb").read() == open(split + "-0005.params", "rb").read()
     figures = ("train_loss", "train_acc", "test_loss", "test_acc")
     assert [[r[k] for k in figures] for r in resumed] == [[r[k] for k in figures] for r in full]
@@ -158,10 +166,11 @@ def test_a_checkpoint_of_either_path_resumes_on_the_other_to_the_byte(synthetic_
     # The two paths compute the same bytes, and the optimizer's state is saved by parameter name on
     # both: an epoch checkpoint serves either.
     straight, split = str(ck / "straight"), str(ck / "split")
-    full = train_mnist.train(_config(synthetic_dir, straight, num_epochs=4, mom=0.9))
-    train_mnist.train(_config(synthetic_dir, split, num_epochs=2, mom=0.9, fast=fast_first))
-    resumed = train_mnist.train(_config(synthetic_dir, split, num_epochs=4, mom=0.9, load_epoch=2,
-                                        fast=not fast_first))
+    full = train_mnist.train(config(synthetic_dir, model_prefix=straight, num_epochs=4, mom=0.9))
+    train_mnist.train(config(synthetic_dir, model_prefix=split, num_epochs=2, mom=0.9,
+                             fast=fast_first))
+    resumed = train_mnist.train(config(synthetic_dir, model_prefix=split, num_epochs=4, mom=0.9,
+                                       load_epoch=2, fast=not fast_first))
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     with open(split + "-0004.params", "rb") as a, open(straight + "-0004.params", "rb") as b:
         assert a.read() == b.read()
@@ -169,7 +178,7 @@ def test_a_checkpoint_of_either_path_resumes_on_the_other_to_the_byte(synthetic_
 
 def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1, mom=0.9))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=1, mom=0.9))
     code, _, err = run_cli(
         capsys,
         "--data-dir",
@@ -188,9 +197,9 @@ def test_resume_with_another_optimizer_is_refused(capsys, synthetic_dir, ck):
     assert code == 2 and "field config.optimizer" in err and "'sgd'" in err and err.count("\n") == 1
 
 
-def test_evaluate_only_scores(capsys, synthetic_dir, ck):
+def test_evaluate_prints_the_score_trains_nothing_and_writes_nothing(capsys, synthetic_dir, ck):
     prefix = str(ck / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=1))
     before = tree_bytes(ck)
     code, out, err = run_cli(
         capsys,
@@ -213,7 +222,7 @@ def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(
     capsys, synthetic_dir, ck
 ):
     prefix = str(ck / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=1))
     before = tree_bytes(ck)
     code, out, err = run_cli(
         capsys,
@@ -239,7 +248,7 @@ def test_a_fresh_run_on_a_prefix_with_checkpoints_stops_and_names_the_way_on(
     capsys, synthetic_dir, ck
 ):
     prefix = str(ck / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=2))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=2))
     before = tree_bytes(ck)
     code, out, err = run_cli(
         capsys, "--data-dir", synthetic_dir, "--num-hidden", "32,16", "--model-prefix", prefix
@@ -269,7 +278,7 @@ def test_a_prefix_whose_symbol_holds_another_network_is_written_only_by_a_start_
     capsys, synthetic_dir, ck
 ):
     prefix = str(ck / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=1))
     os.remove(prefix + "-0001.manifest.json")
     for name in os.listdir(ck):
         if name.startswith("mlp-0001."):
@@ -290,7 +299,7 @@ def test_a_prefix_whose_symbol_holds_another_network_is_written_only_by_a_start_
 
 def _saved_checkpoint(synthetic_dir, folder):
     prefix = str(folder / "mlp")
-    train_mnist.train(_config(synthetic_dir, prefix, num_epochs=1))
+    train_mnist.train(config(synthetic_dir, model_prefix=prefix, num_epochs=1))
     return prefix
 
 
@@ -351,9 +360,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
     """Kill a training process at random moments while it saves every epoch."""
     # The newest intact one loads.
     prefix = str(ck / "mlp")
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "train_mnist.py"),
+    command = TRAIN + [
         "--data-dir",
         synthetic_dir,
         "--num-hidden",
@@ -369,9 +376,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
     for _ in range(6):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Let it get past start-up and into saving, then kill it somewhere inside the save loop.
-        deadline = time.time() + 60
-        while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_file(prefix + "-0001.manifest.json", poll=0.01)
         time.sleep(rng.uniform(0, 0.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -383,14 +388,8 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint_that_loads(syntheti
         symbol, arg_params, _ = mx.model.load_checkpoint(prefix, newest)
         assert arg_params["fc1_weight"].shape == (32, 784)
         scored = train_mnist.score(
-            _config(
-                synthetic_dir,
-                prefix,
-                num_epochs=newest,
-                load_epoch=newest,
-                evaluate=True,
-                batch_size=1050,
-            )
+            config(synthetic_dir, model_prefix=prefix, num_epochs=newest, load_epoch=newest,
+                   evaluate=True, batch_size=1050)
         )
         assert 0 <= scored["acc"] <= 1
         for name in os.listdir(ck):
@@ -422,9 +421,7 @@ def test_a_signal_saves_the_last_step_and_the_printed_resume_continues_exactly(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_file(prefix + "-0002.manifest.json", process=process, poll=0.005)
     finished = {name: data for name, data in tree_bytes(ck).items() if name[4:8].isdigit()}
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)

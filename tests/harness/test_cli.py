@@ -11,7 +11,7 @@ import pytest
 
 import train_mnist
 from harness import checks, cli
-from helpers import BAD_DATA, ROOT, corrupt, run_cli, tree_bytes
+from helpers import BAD_DATA, ROOT, TRAIN, corrupt, run_cli, tree_bytes
 
 
 def test_every_config_field_is_a_flag_with_its_comment_and_a_readable_default(capsys):
@@ -272,7 +272,7 @@ def test_script_errors_carry_no_traceback(tmp_path):
     env = dict(os.environ, MXNET_HOME=str(tmp_path))
     env.pop("MNIST_DIR", None)
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_mnist.py"), "--data-dir", str(tmp_path)],
+        TRAIN + ["--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,

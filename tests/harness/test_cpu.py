@@ -7,7 +7,7 @@ import pytest
 from helpers import ROOT
 
 _PROBE = """
-import sys, time, statistics
+import sys
 sys.path.insert(0, {root!r})
 from harness import compat, cpu
 compat.install()
@@ -16,24 +16,12 @@ import mxnet as mx, numpy as np
 tiny = mx.nd.array(np.full(1000, 1e-39, np.float32))
 # Computed by MXNet's engine thread, not this one.
 kept = float((tiny * 1.0).asnumpy().max())
-n = 109386
-moment, grad = mx.nd.array(np.full(n, 1e-3, np.float32)), mx.nd.zeros(n)
-def steps(start):
-    mean = mx.nd.array(np.full(n, start, np.float32))
-    mean.wait_to_read()
-    tic = time.perf_counter()
-    # Adam's first moment on a zero gradient, as on a dead ReLU unit.
-    for _ in range(100):
-        mean *= 0.9
-        mean += grad * 0.1
-    mean.wait_to_read()
-    return time.perf_counter() - tic
-ratios = [steps(1e-39) / steps(1e-3) for _ in range(7)]
-print(flushed, kept, statistics.median(ratios))
+print(flushed, kept)
 """
 
 
 def _probe(mode):
+    """(whether the flags were set, the largest subnormal MXNet's thread kept) with mode on/off."""
     done = subprocess.run(
         [sys.executable, "-c", _PROBE.format(root=ROOT), mode],
         capture_output=True,
@@ -41,20 +29,19 @@ def _probe(mode):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    flushed, kept, ratio = done.stdout.split()
-    return flushed == "True", float(kept), float(ratio)
+    flushed, kept = done.stdout.split()
+    return flushed == "True", float(kept)
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="FTZ and DAZ are set on x86-64 Linux"
 )
-def test_subnormals_are_flushed_in_mxnets_threads_and_cost_no_more_than_normal_floats():
-    flushed, kept, ratio = _probe("on")
+def test_subnormals_are_flushed_in_mxnets_threads_and_kept_without_the_flags():
+    # What they cost, with and without the flags, is benchmarks/subnormals.py's to measure.
+    flushed, kept = _probe("on")
     assert flushed and kept == 0.0
-    # Side by side in one process: a step over subnormal moments against one over normal ones.
-    assert ratio < 1.5
     # Without the flags, MXNet keeps the subnormals: the check can fail.
-    flushed, kept, _ = _probe("off")
+    flushed, kept = _probe("off")
     assert not flushed and 0 < kept < 1.2e-38
 
 

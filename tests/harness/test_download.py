@@ -22,7 +22,7 @@ import pytest
 
 from harness import datasets, downloads, idx_files, report
 from harness.errors import DataError
-from helpers import REAL_MNIST, ROOT, idx_bytes, synthetic_arrays
+from helpers import ROOT, idx_bytes, synthetic_arrays
 
 
 class _Mirror(http.server.ThreadingHTTPServer):
@@ -574,11 +574,11 @@ def test_a_waiting_downloader_takes_over_when_the_first_is_killed(payloads, serv
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
-def test_the_trainer_downloads_real_mnist_from_mnist_mirror_showing_progress(serve, tmp_path):
+def test_the_trainer_downloads_real_mnist_from_mnist_mirror_showing_progress(real_mnist, serve,
+                                                                             tmp_path):
     served = {}
     for name in datasets.FILES:
-        with open(os.path.join(REAL_MNIST, name + ".gz"), "rb") as f:
+        with open(os.path.join(real_mnist, name + ".gz"), "rb") as f:
             served[name + ".gz"] = f.read()
     mirror = serve(served, "chunked")
     env = dict(os.environ, MNIST_MIRROR=mirror.url, MXNET_HOME=str(tmp_path / "home"))
@@ -596,11 +596,11 @@ def test_the_trainer_downloads_real_mnist_from_mnist_mirror_showing_progress(ser
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
-def test_ctrl_c_mid_download_ends_the_trainer_in_one_line_and_leaves_nothing(serve, tmp_path):
+def test_ctrl_c_mid_download_ends_the_trainer_in_one_line_and_leaves_nothing(real_mnist, serve,
+                                                                             tmp_path):
     served = {}
     for name in datasets.FILES:
-        with open(os.path.join(REAL_MNIST, name + ".gz"), "rb") as f:
+        with open(os.path.join(real_mnist, name + ".gz"), "rb") as f:
             served[name + ".gz"] = f.read()
     mirror = serve(served, "pause first")
     home = tmp_path / "home"

@@ -1,5 +1,4 @@
 """--export-onnx and --predict (harness/export.py): ONNX models checked against MXNet; images."""
-import importlib
 import os
 import re
 import struct
@@ -12,31 +11,20 @@ import pytest
 
 import train_mnist
 from helpers import (
-    REAL_MNIST,
+    NO_ONNX,
     ROOT,
     config,
+    importable,
     load_mnist,
+    need_onnx,
     run_cli,
     synthetic_arrays,
     tree_bytes,
     write_mnist,
 )
 
-
-def _importable(*names):
-    try:
-        for name in names:
-            importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
-
-
-needs_onnx = pytest.mark.skipif(
-    not _importable("onnx", "onnxruntime"),
-    reason="onnx and onnxruntime are not installed (see requirements-onnx.txt)",
-)
-needs_pillow = pytest.mark.skipif(not _importable("PIL"), reason="Pillow is not installed")
+needs_onnx = pytest.mark.skipif(not importable("onnx", "onnxruntime"), reason=NO_ONNX)
+needs_pillow = pytest.mark.skipif(not importable("PIL"), reason="Pillow is not installed")
 
 _LINE = re.compile(
     r"onnx: wrote (.+) \(opset 13\); test accuracy (\d\.\d{4}) in ONNX Runtime, (\d\.\d{4}) in "
@@ -47,7 +35,8 @@ _VERDICT = re.compile(r"(\d) \(\d+\.\d%\), next (\d) \(\d+\.\d%\)")
 _NETWORKS = [("mlp", (32, 16)), ("mlp", (48,)), ("lenet", (128, 64))]
 
 
-def _train(folder, prefix, network="mlp", hidden=(32, 16), epochs=1):
+def _train_checkpoint(folder, prefix, network="mlp", hidden=(32, 16), epochs=1):
+    """Train network in this process on folder for epochs, saving under prefix; return prefix."""
     train_mnist.train(config(folder, network=network, num_hidden=hidden, num_epochs=epochs,
                              model_prefix=prefix))
     return prefix
@@ -92,7 +81,7 @@ def synthetic_checkpoint(tmp_path_factory):
     folder = root / "mnist"
     folder.mkdir()
     write_mnist(str(folder))
-    return str(folder), _train(str(folder), str(root / "mlp"))
+    return str(folder), _train_checkpoint(str(folder), str(root / "mlp"))
 
 
 # --export-onnx
@@ -102,7 +91,7 @@ def synthetic_checkpoint(tmp_path_factory):
 def test_export_agrees_with_mxnet(synthetic_dir, tmp_path, capsys, network, hidden):
     import onnx
     import onnxruntime as ort
-    prefix = _train(synthetic_dir, str(tmp_path / network), network, hidden)
+    prefix = _train_checkpoint(synthetic_dir, str(tmp_path / network), network, hidden)
     target = str(tmp_path / "model.onnx")
     code, out, err = run_cli(capsys, *_flags(synthetic_dir, prefix, network, hidden),
                              "--export-onnx", target)
@@ -146,7 +135,7 @@ def test_export_accuracy_is_the_evaluated_one(synthetic_checkpoint, tmp_path, ca
 
 
 @needs_onnx
-def test_export_of_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, capsys):
+def test_mxnets_own_checkpoint_exports_and_is_named_as_such(synthetic_checkpoint, tmp_path, capsys):
     """A checkpoint that mx.model.save_checkpoint wrote, as Module.save_checkpoint does."""
     import mxnet as mx
 
@@ -161,7 +150,9 @@ def test_export_of_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("where", ["onnx missing", "a folder", "a missing folder", "a checkpoint"])
-def test_export_refusals(synthetic_checkpoint, tmp_path, capsys, monkeypatch, where):
+def test_an_export_that_cannot_be_written_is_one_line_exit_2_and_changes_nothing(
+    synthetic_checkpoint, tmp_path, capsys, monkeypatch, where
+):
     folder, prefix = synthetic_checkpoint
     target = {"onnx missing": str(tmp_path / "m.onnx"), "a folder": str(tmp_path),
               "a missing folder": str(tmp_path / "nowhere" / "m.onnx"),
@@ -171,8 +162,8 @@ def test_export_refusals(synthetic_checkpoint, tmp_path, capsys, monkeypatch, wh
                 "a missing folder": "does not exist", "a checkpoint": "a file of the checkpoints"}
     if where == "onnx missing":
         monkeypatch.setitem(sys.modules, "onnx", None)
-    elif not _importable("onnx", "onnxruntime"):
-        pytest.skip("onnx and onnxruntime are not installed (see requirements-onnx.txt)")
+    else:
+        need_onnx()
     before = tree_bytes(tmp_path), tree_bytes(os.path.dirname(prefix))
     code, _, err = run_cli(capsys, *_flags(folder, prefix), "--export-onnx", target)
     assert code == 2 and len(err.splitlines()) == 1 and expected[where] in err, err
@@ -263,14 +254,16 @@ def test_predict_failures_each_one_line(synthetic_checkpoint, tmp_path, capsys):
 
 
 @needs_pillow
-def test_predict_lenet_and_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, capsys):
+def test_predict_classifies_with_a_lenet_and_with_mxnets_own_checkpoint(
+    synthetic_checkpoint, tmp_path, capsys
+):
     import mxnet as mx
 
     import network
     folder, prefix = synthetic_checkpoint
     digits = _bytes_of(_synthetic_test_set()[0][:2])
     paths = [_png(tmp_path / f"{i}.png", digit) for i, digit in enumerate(digits)]
-    lenet = _train(folder, str(tmp_path / "lenet"), "lenet", (128, 64))
+    lenet = _train_checkpoint(folder, str(tmp_path / "lenet"), "lenet", (128, 64))
     code, out, err = run_cli(capsys, *_flags(folder, lenet, "lenet", (128, 64)),
                              "--predict", *paths)
     assert code == 0 and err == "", err
@@ -281,7 +274,9 @@ def test_predict_lenet_and_mxnet_own_checkpoint(synthetic_checkpoint, tmp_path, 
     assert code == 0 and err == "" and "MXNet's own checkpoint" in out
 
 
-def test_predict_without_pillow(synthetic_checkpoint, tmp_path, capsys, monkeypatch):
+def test_predict_without_pillow_is_one_line_exit_2_that_names_pillow(
+    synthetic_checkpoint, tmp_path, capsys, monkeypatch
+):
     folder, prefix = synthetic_checkpoint
     monkeypatch.setitem(sys.modules, "PIL", None)
     code, _, err = run_cli(capsys, *_flags(folder, prefix), "--predict", str(tmp_path / "a.png"))
@@ -308,12 +303,10 @@ def test_field_is_prepared_as_mnist(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_checkpoint(tmp_path_factory):
-    """The prefix of an MLP (128, 64) trained for 3 epochs on real MNIST."""
-    if REAL_MNIST is None:
-        pytest.skip("real MNIST not found (set MNIST_DIR)")
+def real_checkpoint(real_mnist, tmp_path_factory):
+    """(real MNIST's folder, the prefix of an MLP (128, 64) trained on it for 3 epochs)."""
     root = tmp_path_factory.mktemp("real_checkpoint")
-    return _train(REAL_MNIST, str(root / "mlp"), hidden=(128, 64), epochs=3)
+    return real_mnist, _train_checkpoint(real_mnist, str(root / "mlp"), hidden=(128, 64), epochs=3)
 
 
 def _variants(digit, index):
@@ -341,7 +334,8 @@ def _variants(digit, index):
 @needs_pillow
 def test_predict_round_trip_of_mnist_digits(real_checkpoint, tmp_path, capsys):
     """Of 300 test digits classified right as they are, at least 95% still are as image files."""
-    _, _, images, labels = load_mnist(REAL_MNIST)
+    real_mnist, real_checkpoint = real_checkpoint
+    _, _, images, labels = load_mnist(real_mnist)
     images, labels = images[:300], labels[:300]
     right = _mxnet_probs("mlp", (128, 64), _params(real_checkpoint, 3), images).argmax(1) == labels
     paths, truth = [], []
@@ -352,7 +346,7 @@ def test_predict_round_trip_of_mnist_digits(real_checkpoint, tmp_path, capsys):
             picture.save(path, **({"quality": 90} if suffix == ".jpg" else {}))
             paths.append(path)
             truth.append((name, int(labels[index])))
-    code, out, err = run_cli(capsys, "--data-dir", REAL_MNIST, "--num-hidden", "128,64",
+    code, out, err = run_cli(capsys, "--data-dir", real_mnist, "--num-hidden", "128,64",
                              "--model-prefix", real_checkpoint, "--load-epoch", "3",
                              "--predict", *paths)
     assert code == 0 and err == "", err

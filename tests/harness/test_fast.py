@@ -11,7 +11,7 @@ import pytest
 import optimizer
 import train_mnist
 from harness import cpu, fast
-from helpers import REAL_MNIST, ROOT, config
+from helpers import ROOT, config
 
 # Optimizer settings that take every branch of optimizer.py's steps.
 SETTINGS = {
@@ -189,8 +189,6 @@ def test_the_trainer_on_the_default_path_writes_the_bytes_of_no_fast(synthetic_d
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (MNIST_DIR, then "
-                                               "../shared/mnist)")
 @pytest.mark.parametrize("cpus", ["0", "2"], ids=["one-context", "two-contexts"])
 @pytest.mark.parametrize("settings", [
     (),
@@ -200,9 +198,10 @@ def test_the_trainer_on_the_default_path_writes_the_bytes_of_no_fast(synthetic_d
      "--lr-step-epochs", "1"),
     ("--network", "lenet", "--mom", "0.9"),
 ], ids=["sgd", "sgd-momentum-wd", "nag", "adam-clip-step", "lenet"])
-def test_on_real_mnist_the_default_path_writes_the_bytes_of_no_fast(tmp_path, settings, cpus):
-    ours = _cli_run(REAL_MNIST, tmp_path, "fast", "--cpus", cpus, *settings)
-    plain = _cli_run(REAL_MNIST, tmp_path, "plain", "--cpus", cpus, "--no-fast", *settings)
+def test_on_real_mnist_the_default_path_writes_the_bytes_of_no_fast(real_mnist, tmp_path, settings,
+                                                                     cpus):
+    ours = _cli_run(real_mnist, tmp_path, "fast", "--cpus", cpus, *settings)
+    plain = _cli_run(real_mnist, tmp_path, "plain", "--cpus", cpus, "--no-fast", *settings)
     assert ours[2] == plain[2]
     assert ours[:2] == plain[:2]
     assert ours[2][-1]["test_acc"] > 0.9

@@ -8,7 +8,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import zlib
 
@@ -19,31 +18,29 @@ import pytest
 import network
 from harness import checkpoint, datasets
 from helpers import (
-    ROOT,
+    TRAIN,
     default_signals,
+    drawn,
     exit_code,
+    fifo,
+    flags,
     idx_bytes,
+    make_folder,
+    nothing,
     run_cli,
+    symlink,
     synthetic_arrays,
     train_with_faults,
     tree_bytes,
+    wait_for_file,
     wait_for_signal_handlers,
+    write_file,
     write_idx,
     write_mnist,
 )
 
-FLAGS = [
-    "--num-hidden",
-    "32,16",
-    "--num-epochs",
-    "3",
-    "--mom",
-    "0.9",
-    "--disp-batches",
-    "0",
-    "--plot-dir",
-    "none",
-]
+# 3 epochs of 11 steps (1050 samples in batches of 100), with momentum.
+FLAGS = flags(mom=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +106,6 @@ def _array(key, value):
     return edit
 
 
-def _write(name, payload):
-    def setup(d):
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_bytes(payload)
-    return setup
-
-
-def _symlink(name, target):
-    def setup(d):
-        os.symlink(target, d / name)
-    return setup
-
-
 def _copy(source, target):
     def setup(d):
         shutil.copy(d / source, d / target)
@@ -132,13 +116,6 @@ def _remove(*names):
     def setup(d):
         for name in names:
             os.remove(d / name)
-    return setup
-
-
-def _fifo(name):
-    def setup(d):
-        os.remove(d / name)
-        os.mkfifo(d / name)
     return setup
 
 
@@ -168,16 +145,6 @@ def _data(kind):
             # The same sizes, other content: a mid-epoch resume would train on other batches.
             write_idx(folder, datasets.FILES[0], idx_bytes(255 - train_x))
     return setup
-
-
-def _mkdir(name):
-    def setup(d):
-        (d / name).mkdir()
-    return setup
-
-
-def _nothing(d):
-    pass
 
 
 def _epoch_three(d):
@@ -230,7 +197,7 @@ STATE = "is not valid JSON: holds"
 # (id, setup, extra argv ({d} is the case's folder), exit code, a fragment of the one line)
 CASES = [
     # 1. Saved work overwritten.
-    ("fresh run over finished checkpoints", _nothing, [], 2, "already holds checkpoints"),
+    ("fresh run over finished checkpoints", nothing, [], 2, "already holds checkpoints"),
     (
         "fresh run over an interrupted checkpoint only",
         _remove(
@@ -260,7 +227,7 @@ CASES = [
         2,
         "has no intact checkpoint",
     ),
-    ("load an epoch older than the newest", _nothing, ["--load-epoch", "1"], 2, "is newer than"),
+    ("load an epoch older than the newest", nothing, ["--load-epoch", "1"], 2, "is newer than"),
     (
         "resume an interrupted checkpoint that newer work superseded",
         _epoch_three,
@@ -270,7 +237,7 @@ CASES = [
     ),
     (
         "prefix that is a folder",
-        _nothing,
+        nothing,
         ["--model-prefix", "{d}/ck"],
         2,
         "is a folder; give a path and a name",
@@ -278,21 +245,21 @@ CASES = [
     # 2. Outputs that collide with the checkpoints, with each other, or with the data.
     (
         "metrics file that is a checkpoint",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/ck/mlp-0001.params"],
         2,
         "is a file of the checkpoints under --model-prefix",
     ),
     (
         "metrics file that is the symbol, which starts with {",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/ck/mlp-symbol.json"],
         2,
         "is a file of the checkpoints",
     ),
     (
         "metrics file that a later epoch would write",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/ck/mlp-0003.state.json"],
         2,
         "is a file of the checkpoints",
@@ -313,14 +280,14 @@ CASES = [
     ),
     (
         "metrics file that is the prefix's lock",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/ck/mlp.lock"],
         2,
         "is the same file as --model-prefix's lock",
     ),
     (
         "metrics file that is a picture",
-        _mkdir("pics"),
+        make_folder("pics"),
         [
             "--start-over",
             "--plot-dir",
@@ -333,7 +300,7 @@ CASES = [
     ),
     (
         "metrics file that is a data file",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/mnist/train-labels-idx1-ubyte.gz"],
         2,
         "is a data file of --data-dir",
@@ -370,28 +337,28 @@ CASES = [
     ),
     (
         "symbol of another network",
-        _write("ck/mlp-symbol.json", network.get_symbol("lenet").tojson().encode()),
+        write_file("ck/mlp-symbol.json", network.get_symbol("lenet").tojson().encode()),
         ["--load-epoch", "2"],
         2,
         "mlp-symbol.json does not match its manifest",
     ),
     (
         "manifest that is not JSON",
-        _write("ck/mlp-0002.manifest.json", b'{"format": 1, "ep'),
+        write_file("ck/mlp-0002.manifest.json", b'{"format": 1, "ep'),
         ["--load-epoch", "2"],
         2,
         "mlp-0002.manifest.json is not valid JSON",
     ),
     (
         "manifest of 30,000 brackets",
-        _write("ck/mlp-0002.manifest.json", b"[" * 30000),
+        write_file("ck/mlp-0002.manifest.json", b"[" * 30000),
         ["--load-epoch", "2"],
         2,
         "is not valid JSON: nested deeper than 16 levels",
     ),
     (
         "manifest of 30,000 brackets, on a fresh run",
-        _write("ck/mlp-0002.manifest.json", b"[" * 30000),
+        write_file("ck/mlp-0002.manifest.json", b"[" * 30000),
         [],
         2,
         "already holds checkpoints",
@@ -498,7 +465,7 @@ CASES = [
     ),
     (
         "state arrays that are not MXNet's",
-        _write("ck/mlp-0002.state.nd", b"\x00garbage" * 10),
+        write_file("ck/mlp-0002.state.nd", b"\x00garbage" * 10),
         ["--load-epoch", "2"],
         2,
         "mlp-0002.state.nd does not match its manifest",
@@ -583,7 +550,7 @@ CASES = [
     ),
     (
         "interrupted, resumed with another batch size",
-        _nothing,
+        nothing,
         ["--resume", "--batch-size", "50"],
         2,
         "field config.batch_size",
@@ -612,84 +579,84 @@ CASES = [
     # 5. Outputs that are not regular files, or cannot be written.
     (
         "metrics file /dev/null",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "/dev/null"],
         2,
         "is not a regular file",
     ),
     (
         "metrics file that is a folder",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/ck"],
         2,
         "is a folder",
     ),
     (
         "metrics file in a missing folder",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/nope/m.jsonl"],
         2,
         "does not exist; create it first",
     ),
     (
         "metrics file under a file",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/mnist/t10k-labels-idx1-ubyte.gz/m"],
         2,
         "mnist/t10k-labels-idx1-ubyte.gz is not a folder",
     ),
     (
         "metrics file linked to /dev/null",
-        _symlink("m.jsonl", "/dev/null"),
+        symlink("m.jsonl", "/dev/null"),
         ["--start-over", "--metrics-file", "{d}/m.jsonl"],
         2,
         "is not a regular file",
     ),
     (
         "plot folder that is a file",
-        _write("pics", b"x"),
+        write_file("pics", b"x"),
         ["--start-over", "--plot-dir", "{d}/pics"],
         2,
         "is not a folder",
     ),
     (
         "prefix in a missing folder",
-        _nothing,
+        nothing,
         ["--model-prefix", "{d}/nope/mlp"],
         2,
         "does not exist",
     ),
     (
         "prefix under a file",
-        _nothing,
+        nothing,
         ["--model-prefix", "{d}/mnist/t10k-labels-idx1-ubyte.gz/mlp"],
         2,
         "is not a folder",
     ),
     (
         "prefix too long for its file system",
-        _nothing,
+        nothing,
         ["--model-prefix", "{d}/ck/" + "m" * 220],
         2,
         "the name is too long for its folder's file system",
     ),
     (
         "a folder where the first save would write the symbol",
-        _mkdir("fresh-symbol.json"),
+        make_folder("fresh-symbol.json"),
         ["--model-prefix", "{d}/fresh"],
         2,
         "{d}/fresh-symbol.json is a folder, where --model-prefix {d}/fresh saves its checkpoints",
     ),
     (
         "a symlink to nothing where the first save would write its params",
-        _symlink("fresh-0001.params", "/nonexistent/params"),
+        symlink("fresh-0001.params", "/nonexistent/params"),
         ["--model-prefix", "{d}/fresh"],
         2,
         "{d}/fresh-0001.params is a symlink to nothing, where --model-prefix {d}/fresh saves",
     ),
     (
         "a symlink to nothing as the metrics file",
-        _symlink("m.jsonl", "/nonexistent/m.jsonl"),
+        symlink("m.jsonl", "/nonexistent/m.jsonl"),
         ["--start-over", "--metrics-file", "{d}/m.jsonl"],
         2,
         "--metrics-file {d}/m.jsonl is a symlink to /nonexistent/m.jsonl, which does not exist",
@@ -712,7 +679,7 @@ CASES = [
     ),
     (
         "labels file that is a FIFO",
-        _fifo("mnist/train-labels-idx1-ubyte.gz"),
+        fifo("mnist/train-labels-idx1-ubyte.gz"),
         ["--start-over"],
         2,
         "is not a regular file",
@@ -725,54 +692,54 @@ CASES = [
         "hold different data; remove the one that is wrong",
     ),
     # 7. Flags that would reach MXNet unchecked.
-    ("seed -1", _nothing, ["--start-over", "--seed", "-1"], 2, "--seed must be in 0..4294967295"),
-    ("seed 2**32", _nothing, ["--start-over", "--seed", str(2**32)], 2, "--seed must be in"),
+    ("seed -1", nothing, ["--start-over", "--seed", "-1"], 2, "--seed must be in 0..4294967295"),
+    ("seed 2**32", nothing, ["--start-over", "--seed", str(2**32)], 2, "--seed must be in"),
     (
         "folded gradient scale below float32",
-        _nothing,
+        nothing,
         ["--start-over", "--lr", "1e-40"],
         2,
         "outside float32's normal range",
     ),
     (
         "a width past the bound",
-        _nothing,
+        nothing,
         ["--start-over", "--num-hidden", "100000"],
         2,
         "--num-hidden must be",
     ),
     (
         "schedule epoch 0",
-        _nothing,
+        nothing,
         ["--start-over", "--lr-scheduler", "step", "--lr-step-epochs", "0"],
         2,
         "--lr-step-epochs must lie in 1..2",
     ),
     (
         "schedule epoch past the end",
-        _nothing,
+        nothing,
         ["--start-over", "--lr-scheduler", "step", "--lr-step-epochs", "3"],
         2,
         "--lr-step-epochs must lie in 1..2",
     ),
     (
         "too many epochs for the names",
-        _nothing,
+        nothing,
         ["--start-over", "--num-epochs", "10000"],
         2,
         "--num-epochs must",
     ),
-    ("too many contexts", _nothing, ["--start-over", "--cpus", "65"], 2, "--cpus must be in 0..64"),
+    ("too many contexts", nothing, ["--start-over", "--cpus", "65"], 2, "--cpus must be in 0..64"),
     (
         "a newline in a path",
-        _nothing,
+        nothing,
         ["--start-over", "--metrics-file", "{d}/a\nb"],
         2,
         "control character",
     ),
     (
         "dist_sync without a launcher",
-        _nothing,
+        nothing,
         ["--start-over", "--kv-store", "dist_sync"],
         2,
         "--kv-store dist_sync runs under a launcher, which sets DMLC_ROLE",
@@ -780,21 +747,21 @@ CASES = [
     # 8. Messages that name the cause.
     (
         "divergence from a huge weight decay",
-        _nothing,
+        nothing,
         ["--model-prefix", "{d}/fresh", "--wd", "1000"],
         1,
         "--wd 1000.0 is too large for --lr 0.1",
     ),
     (
         "divergence from a huge learning rate",
-        _nothing,
+        nothing,
         ["--model-prefix", "{d}/fresh", "--lr", "1e8"],
         1,
         "try a smaller --lr",
     ),
     (
         "a resume hint from the checkpoint's flags, not this run's",
-        _nothing,
+        nothing,
         ["--load-epoch", "7", "--num-epochs", "9", "--num-hidden", "64,32", "--batch-size", "50"],
         2,
         "train_mnist.py --num-hidden 32,16 --data-dir {d}/mnist --num-epochs 9 --lr 0.1 --mom 0.9 "
@@ -828,7 +795,7 @@ def _child(argv, limit_bytes=None, timeout=120, env=None):
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "train_mnist.py"), *argv],
+        TRAIN + [*argv],
         preexec_fn=limit,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -889,9 +856,7 @@ def test_a_signal_during_startup_is_one_line_and_exit_130(saved, signum):
     rng = np.random.RandomState(signum)
     for delay in sorted(rng.uniform(0.05, 2.5, size=4)):
         process = subprocess.Popen(
-            [
-                sys.executable,
-                os.path.join(ROOT, "train_mnist.py"),
+            TRAIN + [
                 "--data-dir",
                 str(saved / "mnist"),
                 "--num-epochs",
@@ -917,9 +882,7 @@ def test_a_signal_during_startup_is_one_line_and_exit_130(saved, signum):
 def test_a_second_signal_exits_at_once_with_one_more_line(saved, tmp_path):
     prefix = str(tmp_path / "mlp")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "train_mnist.py"),
+        TRAIN + [
             "--data-dir",
             str(saved / "mnist"),
             "--num-epochs",
@@ -936,9 +899,7 @@ def test_a_second_signal_exits_at_once_with_one_more_line(saved, tmp_path):
         text=True,
         preexec_fn=default_signals,
     )
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_file(prefix + "-0001.manifest.json", process=process, poll=0.01)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -976,7 +937,7 @@ def test_a_full_disk_while_saving_is_one_line_and_earlier_checkpoints_stay_intac
         str(saved / "mnist"),
         "--model-prefix",
         prefix,
-        *FLAGS[:-2],
+        *flags(mom=0.9, plot_dir=None),
         "--num-epochs",
         "50",
         "--plot-dir",
@@ -1026,14 +987,14 @@ def test_pictures_rewritten_keep_their_owner_and_mode(capsys, saved, tmp_path):
     pictures = tmp_path / "pics"
     pictures.mkdir()
     old = pictures / "training_curves.png"
-    _drawn(old)
+    drawn(old)
     before = old.read_bytes()
     os.chmod(old, 0o600)
     code, _, err = run_cli(
         capsys,
         "--data-dir",
         str(saved / "mnist"),
-        *FLAGS[:-2],
+        *flags(mom=0.9, plot_dir=None),
         "--num-epochs",
         "1",
         "--plot-dir",
@@ -1045,22 +1006,10 @@ def test_pictures_rewritten_keep_their_owner_and_mode(capsys, saved, tmp_path):
     assert not [name for name in os.listdir(pictures) if name.endswith(".tmp")]
 
 
-def _drawn(path):
-    """A picture as Matplotlib draws one: an earlier run's, which a run may draw again."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure = plt.figure(figsize=(1, 1))
-    figure.savefig(path, format="png")
-    plt.close(figure)
-
-
 def _running(folder, prefix, *extra):
     """A long run in the background, once it has saved its first epoch."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "train_mnist.py"),
+        TRAIN + [
             "--data-dir",
             folder,
             "--model-prefix",
@@ -1081,10 +1030,7 @@ def _running(folder, prefix, *extra):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-        time.sleep(0.02)
-    assert process.poll() is None, process.stderr.read()
+    wait_for_file(prefix + "-0001.manifest.json", process=process)
     return process
 
 
@@ -1137,9 +1083,7 @@ def test_a_second_run_on_a_metrics_file_in_use_is_refused(saved, tmp_path):
 @pytest.mark.slow
 def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_path):
     prefix = str(tmp_path / "mlp")
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "train_mnist.py"),
+    command = TRAIN + [
         "--data-dir",
         str(saved / "mnist"),
         "--model-prefix",
@@ -1159,8 +1103,7 @@ def test_two_fresh_runs_started_together_leave_one_consistent_run(saved, tmp_pat
     assert len(refused) == 1 and refused[0].returncode == 2
     assert "is in use by process" in refused[0].stderr.read()
     survivor = next(run for run in runs if run is not refused[0])
-    while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_file(prefix + "-0002.manifest.json", process=survivor, poll=0.05)
     _stop(survivor)
     tags = [tag for tag in checkpoint.listing(prefix) if not tag.interrupted]
     assert len(tags) >= 2

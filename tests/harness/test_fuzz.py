@@ -49,20 +49,22 @@ _fuzz = settings(
 
 @_fuzz
 @given(edits=_edits, cut=_cut, extra=_extra, header_only=st.booleans())
-def test_mutated_image_files(tmp_path, edits, cut, extra, header_only):
+def test_a_mutated_image_file_is_one_line_data_error_or_valid_arrays(
+    tmp_path, edits, cut, extra, header_only
+):
     edits = [(p % 16, v) for p, v in edits] if header_only else edits
     _check(tmp_path / "images", read_images, _mutate(_IMAGES, edits, cut, extra))
 
 
 @_fuzz
 @given(edits=_edits, cut=st.one_of(st.none(), st.integers(0, len(_LABELS))), extra=_extra)
-def test_mutated_label_files(tmp_path, edits, cut, extra):
+def test_a_mutated_label_file_is_one_line_data_error_or_valid_arrays(tmp_path, edits, cut, extra):
     _check(tmp_path / "labels", read_labels, _mutate(_LABELS, edits, cut, extra))
 
 
 @_fuzz
 @given(edits=_edits, cut=st.one_of(st.none(), st.integers(0, 200)), extra=_extra)
-def test_mutated_gzip_files(tmp_path, edits, cut, extra):
+def test_a_mutated_gzip_file_is_one_line_data_error_or_valid_arrays(tmp_path, edits, cut, extra):
     packed = gzip.compress(_IMAGES)
     _check(tmp_path / "images.gz", read_images, _mutate(packed, edits, cut, extra))
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]

@@ -6,26 +6,34 @@
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 
-from helpers import ROOT, assert_params_close, saved_params
+from helpers import (
+    JOB_MARK,
+    TRAIN,
+    Job,
+    assert_params_close,
+    epoch_lines,
+    flags,
+    launch,
+    marked_processes,
+    run_alone,
+    saved_params,
+)
 
 # hosts_fixture is the fixture `hosts`, which the tests take by name.
 from hosts import hosts_fixture, remote_addresses  # noqa: F401
 
-LAUNCH = [sys.executable, "-m", "harness.launch"]
-TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
+# Every test here makes network namespaces.
+pytestmark = pytest.mark.slow
+
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-FLAGS = ["--num-hidden", "32,16", "--num-epochs", "2", "--batch-size", "64", "--disp-batches", "0",
-         "--plot-dir", "none"]
-_MINE = "HOSTS_TEST_JOB"
+# 2 epochs of 17 steps (1050 samples in batches of 64).
+FLAGS = flags(num_epochs=2, batch_size=64)
 # A cut link ends the launcher within this long. Its ssh to the cut-off host notices the dead
 # connection after ServerAliveInterval x ServerAliveCountMax (15 s, hosts.py) and at most one
 # interval more; stopping the rest then takes a few seconds a host, and 10 s (ssh's ConnectTimeout)
@@ -38,35 +46,26 @@ CUT_BOUND_S = 120
 GONE_BOUND_S = 180
 
 
-class Job:
-    """A job of this test's, in the background: its output, and where its processes ran."""
+class HostJob(Job):
+    """A Job on the test's hosts that also notes where its processes ran and whom they reached."""
 
     def __init__(self, command, hosts=None, env=None):
-        self.mark, self.hosts = uuid.uuid4().hex, hosts
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                        env=dict(os.environ, **{_MINE: self.mark}, **(env or {})))
+        super().__init__(command, env=env, start_new_session=True)
+        self.hosts = hosts
         # pid -> (its DMLC_ROLE, its HOROVOD_RANK, a trainer under a guard, its host (-1: here)).
-        self.seen, self.peers, self.lines = {}, set(), {"out": [], "err": []}
+        self.seen, self.peers = {}, set()
         # pid -> its parent's, as first seen: a shell that forks the trainer is one process of it.
         self.parents = {}
-        self._readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)
-                         for name, stream in (("out", self.process.stdout),
-                                              ("err", self.process.stderr))]
         self._watcher = threading.Thread(target=self._watch, daemon=True)
-        for thread in self._readers + [self._watcher]:
-            thread.start()
-
-    def _read(self, name, stream):
-        for line in stream:
-            self.lines[name].append((time.monotonic(), line))
+        self._watcher.start()
 
     def _watch(self):
-        # Until the launcher ends: each process once, as it was; every connection of them all, four
-        # times a second (a look costs milliseconds a host; a small job's last seconds).
+        """Until the job's first process ends: each process once, as it was; and its peers."""
+        # Every connection of them all, four times a second (a look costs milliseconds a host; a
+        # small job's last seconds).
         looked = 0
         while self.process.poll() is None:
-            found = self.processes()
+            found = self._trainers_now()
             for pid, env in found.items():
                 what = (env.get("DMLC_ROLE"), env.get("HOROVOD_RANK"),
                         env.get("LAUNCH_JOB_CHILD") == "1")
@@ -80,42 +79,18 @@ class Job:
                 looked = time.monotonic()
             time.sleep(0.1)
 
-    def processes(self):
-        """This job's processes now: pid -> the environment's variables that tell them apart."""
-        found = {}
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    items = f.read().split(b"\0")
-                env = dict(item.split(b"=", 1) for item in items if b"=" in item)
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    trainer = b"train_mnist.py" in f.read()
-            except (OSError, ValueError):
-                continue
-            if env.get(_MINE.encode()) == self.mark.encode() and int(entry) != os.getpid():
-                keys = ("DMLC_ROLE", "HOROVOD_RANK", "LAUNCH_JOB_CHILD")
-                found[int(entry)] = {key: env[key.encode()].decode() for key in keys
-                                     if key.encode() in env and trainer}
-        return found
+    def _trainers_now(self):
+        """This job's processes now: pid -> the variables that tell its trainers apart."""
+        keys = ("DMLC_ROLE", "HOROVOD_RANK", "LAUNCH_JOB_CHILD")
+        return {pid: {key: env[key] for key in keys
+                      if key in env and any(word.endswith("train_mnist.py") for word in words)}
+                for pid, (env, words) in marked_processes(JOB_MARK, self.mark).items()}
 
-    def finish(self, timeout):
-        """(exit code, stdout, stderr); pytest.fail if the launcher runs past timeout seconds."""
-        try:
-            self.process.wait(timeout)
-            running = False
-        except subprocess.TimeoutExpired:
-            running = True
-        # Outside the except: one failure, not a failure during the handling of another.
-        if running:
-            pytest.fail(f"the job did not end within {timeout:g} s; its last output:\n"
-                        f"{self.text('out')[-1500:]}{self.text('err')[-1500:]}")
-        for thread in self._readers:
-            thread.join(10)
+    def finish(self, timeout=180):
+        """Job.finish, once the watcher has seen the end too."""
+        done = super().finish(timeout)
         self._watcher.join(10)
-        return self.process.returncode, self.text("out"), self.text("err")
-
-    def text(self, name):
-        return "".join(line for _, line in list(self.lines[name]))
+        return done
 
     def placed(self, role=None, rank=None):
         """The hosts of the job's trainers of role (dist_sync) or of rank (Horovod)."""
@@ -128,62 +103,17 @@ class Job:
         return {pid: what for pid, what in self.seen.items()
                 if not (what[2] and self.parents.get(pid) in children)}
 
-    def gone(self, timeout):
-        """Whether every process of the job has ended within timeout seconds."""
-        deadline = time.monotonic() + timeout
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return not self.processes()
 
-    def kill(self):
-        """End the launcher and whatever of the job is left: no test leaves a job running."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in self.processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.process.wait(30)
-
-
-@pytest.fixture
-def jobs():
-    started = []
-
-    def start(command, hosts=None, env=None):
-        started.append(Job(command, hosts, env))
-        return started[-1]
-    yield start
-    for job in started:
-        job.kill()
-
-
-def _train(folder, prefix, *extra):
+def _command(folder, prefix, *extra):
+    """The trainer's command on folder's data, saving under prefix."""
     return TRAIN + ["--data-dir", folder, *FLAGS, "--model-prefix", prefix, *extra]
 
 
-def _single(synthetic_dir, tmp_path):
-    single = subprocess.run(_train(synthetic_dir, str(tmp_path / "single")), capture_output=True,
-                            text=True, timeout=120)
-    assert single.returncode == 0, single.stderr
-    return single.stdout
-
-
-def _epoch_lines(out):
-    """The epoch lines of out, without timings, from a terminal or behind Horovod's prefixes."""
-    text = out.replace("\033[K", "").replace("\r", "\n")
-    lines = [re.sub(r"^\[\d+\]<std(out|err)>:", "", line).strip() for line in text.splitlines()]
-    return [line.split()[:8] for line in lines if line.startswith("epoch ")]
-
-
 def _same_as_single(single, out, tmp_path, name):
+    """out says what the one process's single said, and tmp_path/name holds what it trained."""
     # Rank 0 alone reports, and says what one process says.
     assert out.count("final test accuracy") == 1, out[-2000:]
-    assert _epoch_lines(out) == _epoch_lines(single) and len(_epoch_lines(single)) == 2
+    assert epoch_lines(out) == epoch_lines(single) and len(epoch_lines(single)) == 2
     for epoch in (1, 2):
         assert_params_close(
             saved_params(tmp_path / "single", epoch), saved_params(tmp_path / name, epoch)
@@ -197,16 +127,16 @@ def _dist_sync_job(jobs, hosts, synthetic_dir, prefix, *extra):
     # The launcher runs with a process table of its own: it can stop the hosts' processes only as
     # across machines, over ssh.
     hostfile = hosts.write_hostfile("order", hosts.addresses[:3])
-    return jobs(hosts.apart(LAUNCH + [
-        "-n", "2", "-s", "1", "--launcher", "ssh", "-H", hostfile, "--host-ip", hosts.local_address,
-        "--ssh-config", hosts.ssh_config, "--",
-        *_train(synthetic_dir, prefix, "--kv-store", "dist_sync", *extra)]), hosts)
+    return jobs(hosts.apart(launch(
+        ["-n", "2", "-s", "1", "--launcher", "ssh", "-H", hostfile, "--host-ip",
+         hosts.local_address, "--ssh-config", hosts.ssh_config],
+        _command(synthetic_dir, prefix, "--kv-store", "dist_sync", *extra))), HostJob, hosts=hosts)
 
 
 def test_dist_sync_over_ssh_to_three_hosts_trains_like_one_process(synthetic_dir, tmp_path, hosts,
                                                                     jobs):
-    net = hosts(3, send_env=[_MINE])
-    single = _single(synthetic_dir, tmp_path)
+    net = hosts(3, send_env=[JOB_MARK])
+    single = run_alone(_command(synthetic_dir, str(tmp_path / "single")))
     job = _dist_sync_job(jobs, net, synthetic_dir, str(tmp_path / "dist"))
     code, out, err = job.finish(timeout=240)
     assert code == 0, out[-2000:] + err[-2000:]
@@ -221,15 +151,11 @@ def test_dist_sync_over_ssh_to_three_hosts_trains_like_one_process(synthetic_dir
 def test_a_link_cut_mid_job_ends_it_in_bounded_time_with_one_line_and_a_checkpoint(
     synthetic_dir, tmp_path, hosts, jobs
 ):
-    net = hosts(3, send_env=[_MINE])
+    net = hosts(3, send_env=[JOB_MARK])
     prefix = str(tmp_path / "cut")
     job = _dist_sync_job(jobs, net, synthetic_dir, prefix, "--num-epochs", "1000",
                          "--batch-size", "10")
-    deadline = time.monotonic() + 120
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.monotonic() < deadline:
-        assert job.process.poll() is None, job.text("out")[-2000:] + job.text("err")[-2000:]
-        time.sleep(0.05)
-    assert os.path.exists(prefix + "-0001.manifest.json"), "the job never got going"
+    job.wait_for(prefix + "-0001.manifest.json", timeout=120)
     assert sorted(job.placed("worker")) == [1, 2]
     # The second worker's host drops off the network, as a pulled cable would.
     net.cut(2)
@@ -244,26 +170,24 @@ def test_a_link_cut_mid_job_ends_it_in_bounded_time_with_one_line_and_a_checkpoi
     # The newest checkpoint whose manifest was written resumes, in one process.
     saved = [re.fullmatch(r"cut-(\d{4})\.manifest\.json", name) for name in os.listdir(tmp_path)]
     newest = max(int(match[1]) for match in saved if match)
-    resumed = subprocess.run(_train(synthetic_dir, prefix, "--batch-size", "10", "--load-epoch",
-                                    str(newest), "--num-epochs", str(newest + 1)),
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
+    run_alone(_command(synthetic_dir, prefix, "--batch-size", "10", "--load-epoch", str(newest),
+                     "--num-epochs", str(newest + 1)))
     assert os.path.exists(f"{prefix}-{newest + 1:04d}.manifest.json")
 
 
 @pytest.mark.skipif(not os.path.exists(HOROVODRUN),
                     reason="Horovod is not installed (requirements-horovod.txt; .ci/run builds it)")
 def test_horovod_on_two_hosts_trains_like_one_process(synthetic_dir, tmp_path, hosts, jobs):
-    net = hosts(2, send_env=[_MINE])
-    single = _single(synthetic_dir, tmp_path)
+    net = hosts(2, send_env=[JOB_MARK])
+    single = run_alone(_command(synthetic_dir, str(tmp_path / "single")))
     # horovodrun runs plain `ssh HOST`: the hosts' ssh, first on the PATH, brings their config.
     # Gloo uses the interface of that name on each host, and the rendezvous server is here, at the
     # same interface's address.
     job = jobs([HOROVODRUN, "--gloo", "-np", "2", "-H", ",".join(f"{a}:1" for a in net.addresses),
                 "-p", "22", "--network-interface", net.interface, "--disable-cache",
                 "--start-timeout", "60", "--gloo-timeout-seconds", "60",
-                *_train(synthetic_dir, str(tmp_path / "hvd"), "--kv-store", "horovod")],
-               net, env={"PATH": net.bin + os.pathsep + os.environ["PATH"]})
+                *_command(synthetic_dir, str(tmp_path / "hvd"), "--kv-store", "horovod")],
+               HostJob, hosts=net, env={"PATH": net.bin + os.pathsep + os.environ["PATH"]})
     code, out, err = job.finish(timeout=240)
     assert code == 0, out[-3000:] + err[-3000:]
     _same_as_single(single, out, tmp_path, "hvd")
@@ -278,7 +202,7 @@ def test_horovod_on_two_hosts_trains_like_one_process(synthetic_dir, tmp_path, h
 def test_the_mpi_launcher_with_two_workers_and_a_server_trains_like_one_process(
     synthetic_dir, tmp_path, hosts, jobs, where
 ):
-    single = _single(synthetic_dir, tmp_path)
+    single = run_alone(_command(synthetic_dir, str(tmp_path / "single")))
     # Open MPI refuses root unless told twice.
     env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     net = None
@@ -290,17 +214,16 @@ def test_the_mpi_launcher_with_two_workers_and_a_server_trains_like_one_process(
         env["DMLC_NODE_HOST"] = "127.0.0.1"
         where_args = []
     else:
-        net = hosts(2, send_env=[_MINE])
+        net = hosts(2, send_env=[JOB_MARK])
         # A slot a host: mpirun puts the workers on hosts 0 and 1, and the server on host 0. It
         # starts its daemons there over the hosts' ssh, and they call it back on the bridge.
         hostfile = net.write_hostfile("mpi", [f"{address} slots=1" for address in net.addresses])
         env.update({"OMPI_MCA_plm_rsh_agent": os.path.join(net.bin, "ssh"),
                     "OMPI_MCA_oob_tcp_if_include": net.interface})
         where_args = ["--host-ip", net.local_address]
-    command = LAUNCH + ["-n", "2", "-s", "1", "--launcher", "mpi", "-H", str(hostfile),
-                        *where_args, "--",
-                        *_train(synthetic_dir, str(tmp_path / "mpi"), "--kv-store", "dist_sync")]
-    job = jobs(net.apart(command) if net else command, net, env=env)
+    command = launch(["-n", "2", "-s", "1", "--launcher", "mpi", "-H", str(hostfile), *where_args],
+                     _command(synthetic_dir, str(tmp_path / "mpi"), "--kv-store", "dist_sync"))
+    job = jobs(net.apart(command) if net else command, HostJob, hosts=net, env=env)
     code, out, err = job.finish(timeout=240)
     assert code == 0, out[-2000:] + err[-2000:]
     _same_as_single(single, out, tmp_path, "mpi")

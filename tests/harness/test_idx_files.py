@@ -14,7 +14,6 @@ from harness import datasets, idx_files
 from harness.errors import DataError
 from helpers import (
     BAD_DATA,
-    REAL_MNIST,
     ROOT,
     corrupt,
     idx_bytes,
@@ -160,18 +159,17 @@ def test_cache_follows_mxnet_home(monkeypatch):
     )
 
 
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
-def test_real_mnist_loads_and_matches_the_published_checksums():
+def test_real_mnist_loads_and_matches_the_published_checksums(real_mnist):
     sums = {}
-    sums_file = os.path.join(REAL_MNIST, "SHA256SUMS")
+    sums_file = os.path.join(real_mnist, "SHA256SUMS")
     if os.path.exists(sums_file):
         with open(sums_file) as f:
             sums = dict(reversed(line.split()) for line in f if line.strip())
         assert sums == datasets.MNIST.sha256
     for name in datasets.FILES:
-        with gzip.open(os.path.join(REAL_MNIST, name + ".gz")) as f:
+        with gzip.open(os.path.join(real_mnist, name + ".gz")) as f:
             assert hashlib.sha256(f.read()).hexdigest() == datasets.MNIST.sha256[name]
-    paths = idx_files.find(datasets.MNIST, REAL_MNIST)
+    paths = idx_files.find(datasets.MNIST, real_mnist)
     train_x, train_y, test_x, test_y, digests = idx_files.read(paths, datasets.MNIST)
     assert digests == datasets.MNIST.sha256
     assert train_x.shape == (60000, 784) and test_x.shape == (10000, 784)
@@ -232,12 +230,12 @@ def test_a_data_set_known_by_its_gz_files_sums_is_recognised_by_them(tmp_path, m
     assert len(idx_files.read(idx_files.find(datasets.MNIST, str(raw)), datasets.MNIST)[0]) == 1050
 
 
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found (set MNIST_DIR)")
-def test_fashion_mnist_asked_of_the_mnist_folder_is_one_line_naming_mnist(capsys, tmp_path):
+def test_fashion_mnist_asked_of_the_mnist_folder_is_one_line_naming_mnist(real_mnist, capsys,
+                                                                          tmp_path):
     from helpers import run_cli
-    code, out, err = run_cli(capsys, "--dataset", "fashion-mnist", "--data-dir", REAL_MNIST,
+    code, out, err = run_cli(capsys, "--dataset", "fashion-mnist", "--data-dir", real_mnist,
                              "--model-prefix", str(tmp_path / "m"))
-    assert code == 2 and err == (f"train_mnist.py: error: {REAL_MNIST} holds mnist, not "
+    assert code == 2 and err == (f"train_mnist.py: error: {real_mnist} holds mnist, not "
                                  "fashion-mnist: run with --dataset mnist, or give fashion-mnist's "
                                  "files\n")
     assert "epoch" not in out and os.listdir(tmp_path) == []

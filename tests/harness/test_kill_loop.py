@@ -10,38 +10,19 @@ import numpy as np
 import pytest
 
 from harness import checkpoint
-from helpers import train_with_faults, write_mnist
+from helpers import FIGURES, flags, train_with_faults, write_mnist
 
 # Every test here kills trainers.
 pytestmark = pytest.mark.slow
 
-FLAGS = [
-    "--num-hidden",
-    "32,16",
-    "--num-epochs",
-    "6",
-    "--mom",
-    "0.9",
-    "--disp-batches",
-    "0",
-    "--plot-dir",
-    "none",
-]
-FIGURES = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+# 6 epochs of 11 steps (1050 samples in batches of 100), with momentum.
+FLAGS = flags(num_epochs=6, mom=0.9)
 
 
-def _train(folder, prefix, *extra, env=None, wait=True):
-    argv = [
-        "--data-dir",
-        folder,
-        "--model-prefix",
-        prefix,
-        "--metrics-file",
-        prefix + ".jsonl",
-        *FLAGS,
-        *extra,
-    ]
-    return train_with_faults(argv, env=env, wait=wait)
+def _run(folder, prefix, *extra, env=None, wait=True):
+    """train_with_faults on folder, saving under prefix and its metrics in prefix.jsonl."""
+    return train_with_faults(["--data-dir", folder, "--model-prefix", prefix, "--metrics-file",
+                              prefix + ".jsonl", *FLAGS, *extra], env=env, wait=wait)
 
 
 def _newest_intact(prefix):
@@ -70,7 +51,7 @@ def straight(tmp_path_factory):
     folder = tmp_path_factory.mktemp("straight")
     (folder / "mnist").mkdir()
     write_mnist(str(folder / "mnist"))
-    code, err = _train(str(folder / "mnist"), str(folder / "mlp"))
+    code, err = _run(str(folder / "mnist"), str(folder / "mlp"))
     assert code == 0, err
     with open(folder / "mlp-0006.params", "rb") as f:
         return str(folder / "mnist"), f.read(), _metrics(str(folder / "mlp"))
@@ -109,11 +90,11 @@ def test_a_kill_between_the_files_of_a_checkpoint_leaves_the_newest_intact_one_t
     straight, tmp_path, faults
 ):
     prefix = str(tmp_path / "mlp")
-    code, err = _train(straight[0], prefix, env=faults)
+    code, err = _run(straight[0], prefix, env=faults)
     assert code in (-signal.SIGKILL, 130), err
     tag = _newest_intact(prefix)
     if not (tag is not None and not tag.interrupted and tag.epoch == 6):
-        code, err = _train(straight[0], prefix, *_resume_flags(tag))
+        code, err = _run(straight[0], prefix, *_resume_flags(tag))
         assert code == 0, err
     _check_finished(prefix, straight)
 
@@ -124,7 +105,7 @@ def test_sigkill_at_random_moments_then_resume_from_the_newest_intact_checkpoint
     prefix = str(tmp_path / "mlp")
     rng = np.random.RandomState(0)
     for _ in range(5):
-        process = _train(
+        process = _run(
             straight[0],
             prefix,
             *_resume_flags(_newest_intact(prefix)),
@@ -141,7 +122,7 @@ def test_sigkill_at_random_moments_then_resume_from_the_newest_intact_checkpoint
             break
     tag = _newest_intact(prefix)
     if not (tag is not None and not tag.interrupted and tag.epoch == 6):
-        code, err = _train(straight[0], prefix, *_resume_flags(tag))
+        code, err = _run(straight[0], prefix, *_resume_flags(tag))
         assert code == 0, err
     # A SIGKILL leaves the run's lock files; the next run takes them over, and removes them as it
     # ends.

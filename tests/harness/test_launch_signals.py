@@ -5,37 +5,41 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from harness import checkpoint
-from helpers import ROOT, default_signals, wait_for_signal_handlers
+from helpers import (
+    JOB_MARK,
+    ROOT,
+    TRAIN,
+    default_signals,
+    flags,
+    launch,
+    marked_processes,
+    wait_for_signal_handlers,
+)
 
 pytestmark = pytest.mark.slow
 
-TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
-FLAGS = ["--num-hidden", "32,16", "--batch-size", "10", "--disp-batches", "0", "--plot-dir",
-         "none", "--kv-store", "dist_sync"]
+# Batches of 10: 105 steps an epoch; the epochs are each test's.
+FLAGS = flags(num_epochs=None, batch_size=10, kv_store="dist_sync")
 
 
 def _start(jobs, folder, prefix=None, epochs=1000, **popen):
     """A job training for a long time (epochs), with its checkpoints under prefix if given."""
     command = TRAIN + ["--data-dir", folder, "--num-epochs", str(epochs), *FLAGS]
     command += ["--model-prefix", prefix] if prefix else []
-    job = jobs(["-n", "2", "-s", "1"], command, **popen)
+    job = jobs(launch(["-n", "2", "-s", "1"], command), **popen)
     wait_for_signal_handlers(job.process.pid)
     return job
 
 
 def _training(job, prefix):
     """Wait until the job has saved its first epoch: every worker is in its training loop."""
-    deadline = time.time() + 120
-    while not os.path.exists(prefix + "-0001.manifest.json"):
-        assert time.time() < deadline and job.process.poll() is None, "the job never trained"
-        time.sleep(0.02)
+    job.wait_for(prefix + "-0001.manifest.json", timeout=120)
 
 
 def _wait_delivered(pid, signum):
@@ -162,8 +166,7 @@ def test_a_signal_to_the_launcher_as_the_job_ends_lets_it_end_and_says_so(synthe
     for i in range(3):
         prefix = str(tmp_path / f"m{i}")
         job = _start(jobs, synthetic_dir, prefix, epochs=2)
-        while not job.process.stdout.readline().startswith("final test accuracy"):
-            assert job.process.poll() is None, "the job never finished"
+        job.wait_for_line("final test accuracy")
         job.process.send_signal(signal.SIGINT)
         got, out, err = job.finish(timeout=120)
         assert "Traceback" not in out + err and not job.processes(), (out, err)
@@ -198,21 +201,14 @@ def test_a_stdout_closed_under_the_launcher_stops_the_job_with_its_line_on_stder
     # `| head -4` leaves after the threads line and the config's three: the job stops, as a
     # SIGPIPE would stop it, and the line that says how goes to stderr.
     mark = f"closed-{os.getpid()}"
-    launch = [sys.executable, "-m", "harness.launch", "-n", "2", "-s", "1", "--", *TRAIN,
-              "--data-dir", synthetic_dir, "--num-epochs", "1000", *FLAGS]
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", shlex.join(launch) + " | head -4"],
+    job = launch(["-n", "2", "-s", "1"],
+                 [*TRAIN, "--data-dir", synthetic_dir, "--num-epochs", "1000", *FLAGS])
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", shlex.join(job) + " | head -4"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, CLOSED_STDOUT_JOB=mark), preexec_fn=default_signals)
+                          env=dict(os.environ, **{JOB_MARK: mark}), preexec_fn=default_signals)
     assert done.returncode == 130 and done.stdout.startswith("threads: "), done
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and "stopped by " in lines[0] and "Traceback" not in done.stderr, lines
-    left = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if f"CLOSED_STDOUT_JOB={mark}".encode() in f.read():
-                    left.append(entry)
-        except OSError:
-            continue
+    left = marked_processes(JOB_MARK, mark)
     assert not left
 

@@ -3,7 +3,6 @@
 Each refusal asserts its one line and that nothing on disk changed; the accepted cases show that the
 check refuses by kind, not by name alone.
 """
-import importlib
 import json
 import os
 
@@ -13,33 +12,22 @@ from harness import outputs
 from harness.checkpoint import Tag
 from harness.datasets import FILES
 from harness.errors import OutputError
-from helpers import config, fake_checkpoint, run_cli, tree_bytes, write_mnist
+from helpers import (
+    config,
+    drawn,
+    fake_checkpoint,
+    fifo,
+    make_folder,
+    need_onnx,
+    nothing,
+    run_cli,
+    symlink,
+    tree_bytes,
+    write_file,
+    write_mnist,
+)
 
 _PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _drawn(path):
-    """A picture as Matplotlib draws one, such as an earlier run's."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure = plt.figure(figsize=(1, 1))
-    figure.savefig(path, format="png")
-    plt.close(figure)
-
-
-def _write(name, payload):
-    def setup(d):
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        (d / name).write_bytes(payload)
-    return setup
-
-
-def _symlink(name, target):
-    def setup(d):
-        (d / name).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(d / target, d / name)
-    return setup
 
 
 def _other_run(prefix="b2"):
@@ -76,22 +64,6 @@ def _cache(dataset):
     return setup
 
 
-def _fifo(name):
-    def setup(d):
-        os.mkfifo(d / name)
-    return setup
-
-
-def _mkdir(name):
-    def setup(d):
-        (d / name).mkdir(parents=True)
-    return setup
-
-
-def _nothing(d):
-    pass
-
-
 def _all(*setups):
     def setup(d):
         for one in setups:
@@ -109,13 +81,13 @@ REFUSED = [
     ("metrics file at another prefix's next state", _other_run(),
      dict(metrics_file="{d}/b2-0003.state.json"), "under prefix {d}/b2; give another path"),
     ("metrics file linked to another prefix's manifest",
-     _all(_other_run(), _symlink("m.jsonl", "b2-0001.manifest.json")),
+     _all(_other_run(), symlink("m.jsonl", "b2-0001.manifest.json")),
      dict(metrics_file="{d}/m.jsonl"), "is named as a file of the checkpoints under prefix {d}/b2"),
     ("metrics file that is a state under another name", _state_copy,
      dict(metrics_file="{d}/copy.json"), "holds a checkpoint's state (line 1), not metrics"),
     ("metrics file with another name (a hard link)", _hard_linked("m.jsonl", b'{"epoch": 1}\n'),
      dict(metrics_file="{d}/m.jsonl"), "has other names (hard links)"),
-    ("metrics file that is a picture", _write("m.png", _PNG + b"\0" * 40),
+    ("metrics file that is a picture", write_file("m.png", _PNG + b"\0" * 40),
      dict(metrics_file="{d}/m.png"), "holds something else than JSON lines (line 1"),
     ("metrics file that is a data file", _data,
      dict(metrics_file="{d}/mnist/t10k-images-idx3-ubyte.gz", data_dir="{d}/mnist"),
@@ -123,17 +95,17 @@ REFUSED = [
     ("metrics file that is a file of the kmnist cache", _cache("kmnist"),
      dict(metrics_file="{d}/mxnet_home/datasets/kmnist/train-labels-idx1-ubyte.gz"),
      "is a data file of the kmnist cache"),
-    ("metrics file's lock that is someone's file", _write("m.jsonl.lock", b"my notes\n"),
+    ("metrics file's lock that is someone's file", write_file("m.jsonl.lock", b"my notes\n"),
      dict(metrics_file="{d}/m.jsonl"), "--metrics-file's lock {d}/m.jsonl.lock is not a lock file"),
-    ("prefix's lock that is someone's file", _write("mlp.lock", b"# todo\n"),
+    ("prefix's lock that is someone's file", write_file("mlp.lock", b"# todo\n"),
      dict(model_prefix="{d}/mlp"), "--model-prefix's lock {d}/mlp.lock is not a lock file"),
     ("prefix's lock that is a lock with another name", _hard_linked("mlp.lock", b""),
      dict(model_prefix="{d}/mlp"), "has other names (hard links)"),
-    ("picture that Matplotlib did not draw", _write("pics/misclassified.png", _PNG + b"mine"),
+    ("picture that Matplotlib did not draw", write_file("pics/misclassified.png", _PNG + b"mine"),
      dict(plot_dir="{d}/pics"), "a picture {d}/pics/misclassified.png is not a picture that "
                                 "Matplotlib drew"),
     ("picture linked to a data file",
-     _all(_data, _mkdir("pics"), _symlink("pics/confusion_matrix.png",
+     _all(_data, make_folder("pics"), symlink("pics/confusion_matrix.png",
                                           "mnist/t10k-labels-idx1-ubyte.gz")),
      dict(plot_dir="{d}/pics", data_dir="{d}/mnist"), "is a data file of --data-dir"),
     ("export onto another run's params", _all(_other_run("b3y"), _other_run("mlp")),
@@ -143,10 +115,10 @@ REFUSED = [
     ("export onto a checkpoint of the prefix it reads", _other_run("mlp"),
      dict(_EXPORT, model_prefix="{d}/mlp", export_onnx="{d}/mlp-0001.state.nd"),
      "is a file of the checkpoints under --model-prefix {d}/mlp"),
-    ("export onto a metrics file", _write("m.jsonl", b'{"epoch": 1}\n'),
+    ("export onto a metrics file", write_file("m.jsonl", b'{"epoch": 1}\n'),
      dict(_EXPORT, model_prefix="{d}/mlp", export_onnx="{d}/m.jsonl"),
      "is not an ONNX model exported by this trainer"),
-    ("export onto the prefix's lock", _nothing,
+    ("export onto the prefix's lock", nothing,
      dict(_EXPORT, model_prefix="{d}/mlp", export_onnx="{d}/mlp.lock"),
      "is the same file as --model-prefix's lock"),
     ("export onto a file of the mnist cache", _cache("mnist"),
@@ -154,23 +126,23 @@ REFUSED = [
           export_onnx="{d}/mxnet_home/datasets/mnist/t10k-labels-idx1-ubyte.gz"),
      "is a data file of the mnist cache"),
     # Outputs that could not be written at the first save.
-    ("folder at the prefix's symbol", _mkdir("mlp-symbol.json"), dict(model_prefix="{d}/mlp"),
+    ("folder at the prefix's symbol", make_folder("mlp-symbol.json"), dict(model_prefix="{d}/mlp"),
      "{d}/mlp-symbol.json is a folder, where --model-prefix {d}/mlp saves its checkpoints"),
     ("dangling symlink at the prefix's inference symbol",
-     _symlink("mlp-inference-symbol.json", "gone/x"), dict(model_prefix="{d}/mlp"),
+     symlink("mlp-inference-symbol.json", "gone/x"), dict(model_prefix="{d}/mlp"),
      "mlp-inference-symbol.json is a symlink to nothing, where --model-prefix"),
-    ("FIFO at a checkpoint's params", _fifo("mlp-0004.params"), dict(model_prefix="{d}/mlp"),
+    ("FIFO at a checkpoint's params", fifo("mlp-0004.params"), dict(model_prefix="{d}/mlp"),
      "mlp-0004.params is not a regular file, where --model-prefix"),
-    ("dangling symlink at the metrics file", _symlink("m.jsonl", "gone/m.jsonl"),
+    ("dangling symlink at the metrics file", symlink("m.jsonl", "gone/m.jsonl"),
      dict(metrics_file="{d}/m.jsonl"), "--metrics-file {d}/m.jsonl is a symlink to "),
-    ("dangling symlink at the prefix's lock", _symlink("mlp.lock", "gone.lock"),
+    ("dangling symlink at the prefix's lock", symlink("mlp.lock", "gone.lock"),
      dict(model_prefix="{d}/mlp"), "--model-prefix's lock {d}/mlp.lock is a symlink to "),
-    ("dangling symlink at a picture", _all(_mkdir("pics"),
-                                           _symlink("pics/training_curves.png", "gone.png")),
+    ("dangling symlink at a picture", _all(make_folder("pics"),
+                                           symlink("pics/training_curves.png", "gone.png")),
      dict(plot_dir="{d}/pics"), "a picture {d}/pics/training_curves.png is a symlink to "),
-    ("dangling symlink as the pictures' folder", _symlink("pics", "gone"),
+    ("dangling symlink as the pictures' folder", symlink("pics", "gone"),
      dict(plot_dir="{d}/pics"), "--plot-dir {d}/pics is a symlink to "),
-    ("dangling symlink at the ONNX model", _symlink("model.onnx", "gone/model.onnx"),
+    ("dangling symlink at the ONNX model", symlink("model.onnx", "gone/model.onnx"),
      dict(_EXPORT, model_prefix="{d}/mlp"), "--export-onnx {d}/model.onnx is a symlink to "),
 ]
 
@@ -214,7 +186,7 @@ def test_outputs_of_their_own_kind_are_written_again(tmp_path):
     (tmp_path / "m.jsonl.lock").write_text("process 4242 (python train_mnist.py)")
     (tmp_path / "mlp.lock").write_bytes(b"")
     (tmp_path / "pics").mkdir()
-    _drawn(tmp_path / "pics" / "training_curves.png")
+    drawn(tmp_path / "pics" / "training_curves.png")
     os.symlink(tmp_path / "m.jsonl", tmp_path / "link.jsonl")
     settings = dict(metrics_file=str(tmp_path / "link.jsonl"), model_prefix=str(tmp_path / "mlp"),
                     plot_dir=str(tmp_path / "pics"))
@@ -224,7 +196,7 @@ def test_outputs_of_their_own_kind_are_written_again(tmp_path):
 
 
 def test_an_earlier_export_is_written_again_and_an_onnx_model_of_someone_elses_is_not(tmp_path):
-    pytest.importorskip("onnx")
+    need_onnx()
     _onnx_export(tmp_path / "model.onnx")
     settings = dict(_EXPORT, model_prefix=str(tmp_path / "mlp"),
                     export_onnx=str(tmp_path / "model.onnx"))
@@ -237,25 +209,16 @@ def test_an_earlier_export_is_written_again_and_an_onnx_model_of_someone_elses_i
 
 
 def test_a_reading_mode_but_export_writes_nothing_and_checks_nothing(tmp_path):
-    _mkdir("mlp-symbol.json/inside")(tmp_path)
+    make_folder("mlp-symbol.json/inside")(tmp_path)
     settings = dict(model_prefix=str(tmp_path / "mlp"), load_epoch=1, metrics_file="/dev/null")
     for mode in ("evaluate", "predict"):
         outputs.check(config(**settings), mode)
 
 
-def _has(*names):
-    try:
-        for name in names:
-            importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has("onnx", "onnxruntime"), reason="onnx and onnxruntime not installed")
 def test_an_export_onto_mnist_dirs_data_is_refused_before_anything_is_read(
     capsys, tmp_path, monkeypatch
 ):
+    need_onnx()
     folder = tmp_path / "mnist"
     folder.mkdir()
     write_mnist(str(folder))

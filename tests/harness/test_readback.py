@@ -15,7 +15,7 @@ import network
 import train_mnist
 from harness import checkpoint
 from harness.errors import CheckpointError
-from helpers import config, run_cli, synthetic_arrays, tree_bytes
+from helpers import config, need_onnx, run_cli, synthetic_arrays, tree_bytes
 
 SHAPES = {"fc_weight": (4, 3), "fc_bias": (4,)}
 
@@ -205,11 +205,10 @@ def test_a_symbol_of_no_network_this_trainer_builds_is_refused(trained, capsys, 
     assert f"{prefix}-symbol.json holds a network that this trainer does not build" in err
 
 
-@pytest.mark.skipif(not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")),
-                    reason="onnx and onnxruntime are not installed")
 def test_export_of_a_lenet_checkpoint_needs_no_network_flag_and_writes_its_own_file_again(
     trained, capsys, tmp_path
 ):
+    need_onnx()
     folder, prefixes = trained
     target = str(tmp_path / "lenet.onnx")
     for _ in range(2):

@@ -9,16 +9,15 @@ import pytest
 
 import train_mnist
 from harness import datasets, plots, report
-from helpers import ROOT, config, exit_code, run_cli
+from helpers import ROOT, TRAIN, config, run_cli
 
-
-def _config(folder, **overrides):
-    return config(folder, **dict(dict(disp_batches=100, plot_dir=""), **overrides))
+# Progress lines every 100 batches, and the pictures of a run with a prefix.
+SHOWN = dict(disp_batches=100, plot_dir="")
 
 
 def test_the_manual_gradient_trains_like_the_builtin_one(synthetic_dir):
-    builtin = train_mnist.train(_config(synthetic_dir, gradient="builtin"))
-    manual = train_mnist.train(_config(synthetic_dir, gradient="manual"))
+    builtin = train_mnist.train(config(synthetic_dir, SHOWN, gradient="builtin"))
+    manual = train_mnist.train(config(synthetic_dir, SHOWN, gradient="manual"))
     assert manual[-1]["test_acc"] > 0.9 and manual[-1]["train_loss"] < manual[0]["train_loss"]
     for ours, theirs in zip(manual, builtin):
         # Same gradients to 1e-6 each step: the runs part only by float rounding.
@@ -29,7 +28,8 @@ def test_the_manual_gradient_trains_like_the_builtin_one(synthetic_dir):
 @pytest.mark.parametrize("optimizer, lr, mom, wd", [("sgd", 0.1, 0.9, 1e-4), ("nag", 0.1, 0.9, 0.0),
                                                     ("adam", None, 0.0, 1e-4)])
 def test_each_optimizer_learns(synthetic_dir, optimizer, lr, mom, wd):
-    history = train_mnist.train(_config(synthetic_dir, optimizer=optimizer, lr=lr, mom=mom, wd=wd))
+    history = train_mnist.train(config(synthetic_dir, SHOWN, optimizer=optimizer, lr=lr, mom=mom,
+                                       wd=wd))
     assert (
         history[-1]["test_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"] / 2
     )
@@ -54,7 +54,8 @@ def test_bad_extra_flags_are_one_line_and_exit_2(capsys, argv, expected):
 
 def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
     lines = []
-    train_mnist.train(_config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append)
+    train_mnist.train(config(synthetic_dir, SHOWN, plot_dir=str(tmp_path / "pics")),
+                      log=lines.append)
     for name in (plots.CURVES, plots.CONFUSION, plots.MISTAKES):
         with open(tmp_path / "pics" / name, "rb") as f:
             head = f.read()
@@ -62,7 +63,7 @@ def test_pictures_are_written_and_tell_the_truth(synthetic_dir, tmp_path):
     assert lines[-2].startswith("pictures: ") and plots.CURVES in lines[-2]
 
 
-def test_confusion_matrix_and_worst_mistakes():
+def test_the_confusion_matrix_counts_and_the_worst_mistakes_come_most_confident_first():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6], [0.45, 0.55]])
     labels = np.array([0, 1, 1, 0, 0])
     np.testing.assert_array_equal(
@@ -105,7 +106,7 @@ def test_without_matplotlib_the_run_warns_at_its_start_with_the_command_that_fix
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     lines = []
     history = train_mnist.train(
-        _config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append
+        config(synthetic_dir, SHOWN, plot_dir=str(tmp_path / "pics")), log=lines.append
     )
     first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
     warnings = [
@@ -153,7 +154,7 @@ def test_a_plotting_failure_is_a_warning_not_a_failed_run(synthetic_dir, tmp_pat
     monkeypatch.setattr(plots, "save_plots", no_matplotlib)
     lines = []
     history = train_mnist.train(
-        _config(synthetic_dir, plot_dir=str(tmp_path / "pics")), log=lines.append
+        config(synthetic_dir, SHOWN, plot_dir=str(tmp_path / "pics")), log=lines.append
     )
     assert len(history) == 3
     assert (
@@ -198,7 +199,7 @@ def test_progress_figures_do_not_depend_on_how_often_they_are_read(synthetic_dir
     def figures(disp):
         shown = []
         train_mnist.train(
-            _config(synthetic_dir, num_epochs=2, batch_size=50, disp_batches=disp),
+            config(synthetic_dir, SHOWN, num_epochs=2, batch_size=50, disp_batches=disp),
             progress=shown.append,
         )
         return {(f["epoch"], f["batch"]): (f["loss"], f["acc"]) for f in shown}
@@ -223,41 +224,29 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
     import struct
     import termios
 
-    from helpers import ROOT
+    # The trainer on a pseudo-terminal of 80 columns, made without forking this process (whose
+    # threads a fork would copy half-way): its output as a terminal shows it.
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    pid, fd = pty.fork()
-    # the child: an 80-column terminal, then the trainer on it
-    if pid == 0:
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        os.execve(
-            sys.executable,
-            [
-                sys.executable,
-                os.path.join(ROOT, "train_mnist.py"),
-                "--data-dir",
-                synthetic_dir,
-                "--num-epochs",
-                "2",
-                "--batch-size",
-                "10",
-                "--disp-batches",
-                "10",
-                "--num-hidden",
-                "32,16",
-            ],
-            env,
-        )
-    output = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert exit_code(status) == 0, output[-2000:]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with subprocess.Popen(TRAIN + ["--data-dir", synthetic_dir, "--num-epochs", "2",
+                                   "--batch-size", "10", "--disp-batches", "10", "--num-hidden",
+                                   "32,16"],
+                          stdin=slave, stdout=slave, stderr=slave, env=env,
+                          start_new_session=True) as trainer:
+        os.close(slave)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                # EIO: the trainer's side of the terminal is closed.
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(master)
+    assert trainer.returncode == 0, output[-2000:]
     lines = output.decode().replace("\033[K", "").split("\r\n")
     bars = [line for line in lines if line.count("\r") >= 2 and "[" in line]
     assert bars, "no line holds a bar drawn over itself"
@@ -271,12 +260,9 @@ def test_an_80_column_terminal_gets_a_bar_redrawn_in_place_with_accuracy(synthet
 
 
 @pytest.mark.slow
-def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist():
-    from helpers import REAL_MNIST
-    if REAL_MNIST is None:
-        pytest.skip("real MNIST not found (set MNIST_DIR)")
+def test_adam_with_its_own_default_rate_reaches_97_5_percent_on_real_mnist(real_mnist):
     history = train_mnist.train(
-        train_mnist.Config(data_dir=REAL_MNIST, optimizer="adam", disp_batches=0)
+        train_mnist.Config(data_dir=real_mnist, optimizer="adam", disp_batches=0)
     )
     assert len(history) == 15 and history[-1]["test_acc"] >= 0.975
 
@@ -305,7 +291,7 @@ def test_a_metrics_file_resumes_from_a_checkpoint_saved_in_the_first_epoch(tmp_p
 
 def test_the_final_line_counts_one_epoch_as_one_epoch(synthetic_dir):
     lines = []
-    train_mnist.train(_config(synthetic_dir, num_epochs=1, plot_dir="none"), log=lines.append)
+    train_mnist.train(config(synthetic_dir, SHOWN, num_epochs=1, plot_dir="none"), log=lines.append)
     assert lines[-1].endswith(" after 1 epoch")
 
 

@@ -14,20 +14,26 @@ import pytest
 
 import train_mnist
 from helpers import (
+    FIGURES,
     JOB_MARK,
     ROOT,
+    TRAIN,
     assert_params_close,
     config,
+    epoch_lines,
+    flags,
+    launch,
+    run_alone,
     saved_params,
     synthetic_arrays,
+    wait_for_file,
     write_mnist,
 )
 
-TRAIN = [sys.executable, os.path.join(ROOT, "train_mnist.py")]
-FLAGS = ["--num-epochs", "3", "--batch-size", "64", "--num-hidden", "32,16", "--mom", "0.9",
-         "--disp-batches", "0", "--plot-dir", "none"]
-FIGURES = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
-_MINE = JOB_MARK
+# 3 epochs of 17 steps (1050 samples in batches of 64), with momentum.
+FLAGS = flags(batch_size=64, mom=0.9)
+# Two workers and a server, on this machine.
+TWO = ["-n", "2", "-s", "1"]
 
 
 @pytest.mark.parametrize("cpus, settings",
@@ -55,28 +61,20 @@ def test_more_devices_than_samples_in_a_batch_is_refused(synthetic_dir, capsys):
     assert code == 2 and "leaves a batch of 2 samples for 3 devices" in err and err.count("\n") == 1
 
 
-def _train(folder, prefix, *extra):
-    return TRAIN + [
-        "--data-dir",
-        folder,
-        *FLAGS,
-        "--kv-store",
-        "dist_sync",
-        "--model-prefix",
-        prefix,
-        *extra,
-    ]
+def _worker(folder, prefix, *extra):
+    """The command of a dist_sync worker training on folder, saving under prefix."""
+    return TRAIN + ["--data-dir", folder, *FLAGS, "--kv-store", "dist_sync", "--model-prefix",
+                    prefix, *extra]
 
 
-def _single(synthetic_dir, tmp_path, *extra, name="single"):
-    single = subprocess.run(TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix",
-                                     str(tmp_path / name), *extra], capture_output=True, text=True,
-                            timeout=120)
-    assert single.returncode == 0, single.stderr
-    return single
+def _single(folder, tmp_path):
+    """What one process prints training on folder, saving under tmp_path/single."""
+    return run_alone(TRAIN + ["--data-dir", folder, *FLAGS, "--model-prefix",
+                              str(tmp_path / "single")])
 
 
 def _same_as_single(single, dist, tmp_path):
+    """The dist job's (code, out, err) ended well, and it trained what single did, to 1e-5."""
     code, out, err = dist
     # The job ended by itself, past the last epoch: no worker hung waiting for another.
     assert code == 0, err
@@ -86,19 +84,13 @@ def _same_as_single(single, dist, tmp_path):
         assert_params_close(
             saved_params(tmp_path / "single", epoch), saved_params(tmp_path / "dist", epoch)
         )
-    # Over ssh -tt the workers write to a terminal: lines come with the codes that draw a bar.
-    lines = [line.replace("\033[K", "").strip() for line in out.replace("\r", "\n").splitlines()]
-    lines = [line.split()[:8] for line in lines if line.startswith("epoch ")]
-    assert lines == [
-        line.split()[:8] for line in single.stdout.splitlines() if line.startswith("epoch ")
-    ]
+    assert epoch_lines(out) == epoch_lines(single) and len(epoch_lines(single)) == 3
 
 
 def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path, jobs):
+    # The one process trains while the job starts.
+    job = jobs(launch([*TWO, "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "dist"))))
     single = _single(synthetic_dir, tmp_path)
-    job = jobs(
-        ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist"))
-    )
     _same_as_single(single, job.finish(), tmp_path)
     assert not job.processes()
 
@@ -113,8 +105,8 @@ def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_
     prefix = str(tmp_path / "dist")
     choose = ('if [ "$DMLC_ROLE" = worker ] && [ "$DMLC_TASK_ID" = 1 ]; then exec "$@" --data-dir '
               f'{shlex.quote(str(other))}; fi; exec "$@"')
-    job = jobs(["-n", "2", "-s", "1", "--timeout", "150"],
-               ["bash", "-c", choose, "bash", *_train(synthetic_dir, prefix)])
+    job = jobs(launch([*TWO, "--timeout", "150"],
+                      ["bash", "-c", choose, "bash", *_worker(synthetic_dir, prefix)]))
     code, out, err = job.finish()
     lines = [line for line in (out + err).splitlines() if "train_mnist.py: error: " in line]
     assert code != 0 and lines and "Traceback" not in out + err, out + err
@@ -125,35 +117,31 @@ def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_
     assert not job.processes()
 
 
+@pytest.mark.slow
 def test_two_jobs_on_one_machine_each_listen_on_a_port_of_their_own(synthetic_dir, tmp_path, jobs):
-    first = jobs(
-        ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "a"))
-    )
+    first = jobs(launch([*TWO, "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "a"))))
     time.sleep(0.5)
-    second = jobs(
-        ["-n", "2", "-s", "1", "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "b"))
-    )
+    second = jobs(launch([*TWO, "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "b"))))
     for job in (first, second):
         code, out, err = job.finish()
         assert code == 0 and out.count("final test accuracy") == 1, err
     assert saved_params(tmp_path / "a", 3).keys() == saved_params(tmp_path / "b", 3).keys()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["first", "last"])
 def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly(
     synthetic_dir, tmp_path, jobs, victim
 ):
     # The whole run's figures and bytes, straight, to compare the resumed one with.
-    straight = jobs(["-n", "2", "-s", "1", "--timeout", "150"],
-                    _train(synthetic_dir, str(tmp_path / "straight"), "--batch-size", "10",
-                           "--metrics-file", str(tmp_path / "straight.jsonl")))
+    straight = jobs(launch([*TWO, "--timeout", "150"],
+                           _worker(synthetic_dir, str(tmp_path / "straight"), "--batch-size", "10",
+                                  "--metrics-file", str(tmp_path / "straight.jsonl"))))
     assert straight.finish()[0] == 0
     prefix, metrics = str(tmp_path / "cut"), str(tmp_path / "cut.jsonl")
-    job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--batch-size", "10",
-                                              "--metrics-file", metrics))
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-        time.sleep(0.02)
+    job = jobs(launch(TWO, _worker(synthetic_dir, prefix, "--batch-size", "10", "--metrics-file",
+                                  metrics)))
+    wait_for_file(prefix + "-0001.manifest.json", process=job.process)
     workers = sorted(job.processes("worker", trainers=True))
     assert len(workers) == 2
     signalled = time.time()
@@ -177,15 +165,14 @@ def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly
     assert figures[0] == figures[1]
 
 
+@pytest.mark.slow
 def test_a_signal_to_the_launcher_stops_every_worker_cleanly_with_one_line(
     synthetic_dir, tmp_path, jobs
 ):
     prefix = str(tmp_path / "dist")
-    job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--num-epochs", "1000",
-                                              "--batch-size", "10"))
-    deadline = time.time() + 60
-    while not os.path.exists(prefix + "-0001.manifest.json") and time.time() < deadline:
-        time.sleep(0.02)
+    job = jobs(launch(TWO, _worker(synthetic_dir, prefix, "--num-epochs", "1000", "--batch-size",
+                                  "10")))
+    wait_for_file(prefix + "-0001.manifest.json", process=job.process)
     job.process.send_signal(signal.SIGINT)
     code, out, err = job.finish(timeout=60)
     said = [line for line in (out + err).splitlines() if "stopped by" in line or "error" in line]
@@ -193,6 +180,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_cleanly_with_one_line(
     assert not job.processes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "exit_code, expected", [(3, "exited with code 3"), (-9, "was killed by SIGKILL")]
 )
@@ -201,7 +189,7 @@ def test_the_launcher_names_how_a_process_ended(jobs, exit_code, expected):
               f"code = {exit_code}; role == 'worker' and os.environ.get('DMLC_TASK_ID') == '1' and "
               "(os.kill(os.getpid(), signal.SIGKILL) if code < 0 else sys.exit(code)); "
               "import time; time.sleep(60)")
-    job = jobs(["-n", "2", "-s", "1", "--timeout", "90"], [sys.executable, "-c", script])
+    job = jobs(launch([*TWO, "--timeout", "90"], [sys.executable, "-c", script]))
     code, out, err = job.finish(timeout=120)
     assert code == 1 and "harness.launch: error: worker 1 on " in err and expected in err, err
 
@@ -215,31 +203,26 @@ def test_a_bare_dist_sync_run_says_it_needs_a_launcher(synthetic_dir, capsys):
     assert "python -m harness.launch -n 2 -s 1 -- python train_mnist.py --kv-store dist_sync" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_a_job_resumes_on_another_worker_count_at_an_epoch_checkpoint(
     synthetic_dir, tmp_path, jobs, before, after
 ):
-    single = _single(synthetic_dir, tmp_path)
+    _single(synthetic_dir, tmp_path)
     prefix = str(tmp_path / "dist")
 
     def run(workers, *extra):
         if workers == 1:
-            done = subprocess.run(
-                TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix", prefix, *extra],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            return done.returncode, done.stdout, done.stderr
-        return jobs(["-n", str(workers), "-s", "1", "--timeout", "150"],
-                    _train(synthetic_dir, prefix, *extra)).finish()
-    code, _, err = run(before, "--num-epochs", "2")
-    assert code == 0, err
-    code, _, err = run(after, "--load-epoch", "2")
-    assert code == 0, err
+            run_alone(TRAIN + ["--data-dir", synthetic_dir, *FLAGS, "--model-prefix", prefix,
+                               *extra])
+            return
+        code, _, err = jobs(launch(["-n", str(workers), "-s", "1", "--timeout", "150"],
+                                   _worker(synthetic_dir, prefix, *extra))).finish()
+        assert code == 0, err
+    run(before, "--num-epochs", "2")
+    run(after, "--load-epoch", "2")
     # Another worker count sums in another order: the parameters agree as different counts do.
     assert_params_close(saved_params(tmp_path / "single", 3), saved_params(tmp_path / "dist", 3))
-    assert single.returncode == 0
 
 
 @pytest.fixture
@@ -260,11 +243,11 @@ def sshd(tmp_path):
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder}/host\n"
         f"AuthorizedKeysFile {folder}/user.pub\nPidFile {folder}/sshd.pid\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n"
-        f"LogLevel ERROR\nAcceptEnv {_MINE}\n")
+        f"LogLevel ERROR\nAcceptEnv {JOB_MARK}\n")
     (folder / "ssh_config").write_text(
         f"Host *\n  IdentityFile {folder}/user\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {folder}/known_hosts\n  StrictHostKeyChecking no\n  BatchMode yes\n"
-        f"  LogLevel ERROR\n  ConnectTimeout 10\n  SendEnv {_MINE}\n")
+        f"  LogLevel ERROR\n  ConnectTimeout 10\n  SendEnv {JOB_MARK}\n")
     (folder / "hosts").write_text(f"127.0.0.1:{port}\n")
     # sshd insists on its privilege-separation folder.
     os.makedirs("/run/sshd", exist_ok=True)
@@ -282,19 +265,17 @@ def sshd(tmp_path):
     daemon.wait(10)
 
 
+@pytest.mark.slow
 def test_the_ssh_launcher_to_127_0_0_1_trains_like_one_process_and_leaves_nothing(
     synthetic_dir, tmp_path, sshd, jobs
 ):
     ssh_config, hosts = sshd
     single = _single(synthetic_dir, tmp_path)
-    job = jobs(["-n", "2", "-s", "1", "--launcher", "ssh", "-H", hosts, "--ssh-config", ssh_config,
-                "--timeout", "150"], _train(synthetic_dir, str(tmp_path / "dist")))
+    job = jobs(launch([*TWO, "--launcher", "ssh", "-H", hosts, "--ssh-config", ssh_config,
+                       "--timeout", "150"], _worker(synthetic_dir, str(tmp_path / "dist"))))
     _same_as_single(single, job.finish(), tmp_path)
     # The remote side ends as its connections close.
-    deadline = time.time() + 10
-    while job.processes() and time.time() < deadline:
-        time.sleep(0.2)
-    assert not job.processes()
+    assert job.gone(10)
 
 
 _PUSH_PULL = """
@@ -316,9 +297,10 @@ os.write(1, f"ok{kv.rank}\\n".encode())
 """
 
 
+@pytest.mark.slow
 def test_the_server_sums_each_step_and_keeps_no_running_total(jobs):
-    code, out, err = jobs(["-n", "3", "-s", "1", "--timeout", "60"],
-                          [sys.executable, "-c", _PUSH_PULL, ROOT]).finish(timeout=90)
+    code, out, err = jobs(launch(["-n", "3", "-s", "1", "--timeout", "60"],
+                                 [sys.executable, "-c", _PUSH_PULL, ROOT])).finish(timeout=90)
     assert code == 0, err
     assert sorted(out.split()) == ["ok0", "ok1", "ok2"]
 
@@ -341,23 +323,22 @@ os.write(1, f"done{rank}\\n".encode())
 """
 
 
+@pytest.mark.slow
 def test_a_worker_slow_to_exit_after_the_last_barrier_is_waited_for(jobs):
     started = time.monotonic()
-    code, out, err = jobs(["-n", "2", "-s", "1", "--timeout", "90"],
-                          [sys.executable, "-c", _SLOW_EXIT, ROOT]).finish(timeout=120)
+    code, out, err = jobs(launch([*TWO, "--timeout", "90"],
+                                 [sys.executable, "-c", _SLOW_EXIT, ROOT])).finish(timeout=120)
     assert code == 0 and err == "", err
     assert sorted(out.split()) == ["done0", "done1"]
     assert time.monotonic() - started > 15
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_job_with_a_clear_error(synthetic_dir, tmp_path, jobs):
     prefix = str(tmp_path / "dist")
-    job = jobs(["-n", "2", "-s", "1"], _train(synthetic_dir, prefix, "--num-epochs", "1000"),
+    job = jobs(launch(TWO, _worker(synthetic_dir, prefix, "--num-epochs", "1000")),
                stdout=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while not os.path.exists(prefix + "-0002.manifest.json") and time.time() < deadline:
-        time.sleep(0.05)
-    assert os.path.exists(prefix + "-0002.manifest.json"), "the job never got going"
+    wait_for_file(prefix + "-0002.manifest.json", timeout=90, process=job.process)
     roles = {role: job.processes(role, trainers=True) for role in ("scheduler", "server", "worker")}
     assert [len(roles[role]) for role in ("scheduler", "server", "worker")] == [1, 1, 2]
     victim = max(roles["worker"])

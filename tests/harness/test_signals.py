@@ -12,14 +12,17 @@ import pytest
 from harness import checkpoint
 from helpers import (
     ROOT,
+    TRAIN,
     default_signals,
+    flags,
     synthetic_arrays,
     train_with_faults,
     wait_for_signal_handlers,
     write_mnist,
 )
 
-FLAGS = ["--num-hidden", "32,16", "--num-epochs", "2", "--disp-batches", "0"]
+# 2 epochs; pictures, under the prefix, unless a test says otherwise.
+FLAGS = flags(num_epochs=2, plot_dir=None)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +118,7 @@ def big_mnist(tmp_path_factory):
 
 def _long_run(folder, prefix):
     """LeNet at batch 1000 in the background, once its first progress line is out."""
-    command = [sys.executable, os.path.join(ROOT, "train_mnist.py"), "--data-dir", folder,
+    command = TRAIN + ["--data-dir", folder,
                "--model-prefix", prefix, "--network", "lenet", "--batch-size", "1000",
                "--num-epochs", "1000", "--disp-batches", "1", "--plot-dir", "none"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -267,7 +270,7 @@ def test_a_signal_as_the_process_ends_stops_a_run_that_succeeded_and_leaves_a_fa
 
 def _tiny_run(folder, *extra, **popen):
     """train_mnist.py itself, as a user starts it: a second or two of training on folder."""
-    command = [sys.executable, os.path.join(ROOT, "train_mnist.py"), "--data-dir", folder,
+    command = TRAIN + ["--data-dir", folder,
                "--num-hidden", "16", "--num-epochs", "1", "--batch-size", "50", "--disp-batches",
                "0", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
