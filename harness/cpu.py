@@ -146,15 +146,14 @@ def _start_engine(engine):
     to stderr meanwhile is passed on, and a second signal's line, which ends the process at once,
     goes to the real stderr.
     """
-    import mxnet as mx
-
     from harness import signals
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
+    with tempfile.TemporaryFile() as captured, signals.held():
         signals.call_before_exit_now(lambda: os.dup2(saved, 2))
         try:
             os.dup2(captured.fileno(), 2)
+            import mxnet as mx
             mx.nd.zeros(1).wait_to_read()
         finally:
             os.dup2(saved, 2)
@@ -165,3 +164,4 @@ def _start_engine(engine):
             for line in text.splitlines(keepends=True):
                 if f"start using engine: {engine}" not in line:
                     sys.stderr.write(line)
+    signals.check()

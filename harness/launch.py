@@ -94,7 +94,8 @@ def main(argv=None):
             return job.watch(args.timeout)
         finally:
             _stop(process, tag, hosts, args.ssh_config)
-            signals.set_stage("after the job ended")
+            # Used only if the job succeeded: its training had finished.
+            signals.set_stage("as the job ended; its training had finished")
 
 
 def _parse(argv):

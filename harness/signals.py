@@ -312,6 +312,21 @@ class guard:
         _State.guarded = False
 
 
+class held:
+    """Inside this block a signal is only recorded; check() after it raises what came.
+
+    For a step that must finish once begun: MXNet's engine starts inside one, with stderr
+    redirected; stopped halfway, MXNet's own exit would start the engine again, and say so.
+    """
+
+    def __enter__(self):
+        self._outer, _State.deferred = _State.deferred, True
+        return self
+
+    def __exit__(self, *exc_info):
+        _State.deferred = self._outer
+
+
 def check():
     """Raise Interrupted if a signal came and its raise was lost (as in a callback of Python's)."""
     if (_State.received is not None and _State.guarded and not _State.deferred
