@@ -43,7 +43,7 @@ class Config:
     kv_store: Literal["local", "device", "dist_sync", "horovod"] = "device"
     # CPU threads per context for MXNet's operators; auto: from the work and the cores
     threads: str = "auto"
-    # the speed tricks of harness/fast.py; --no-fast trains the plain way
+    # on a CPU, the update in numpy over the executor's memory; --no-fast: in MXNet's operators
     fast: bool = True
     # samples per step, over all devices and workers
     batch_size: int = 100

@@ -186,7 +186,8 @@ def main():
     parser.add_argument("--network", default="mlp", choices=("mlp", "lenet"))
     parser.add_argument("--hidden", default="128,64")
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--no-fast", action="store_true", help="profile ours the plain way")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="profile ours with the update in MXNet's operators")
     parser.add_argument("--top", type=int, default=12, help="operators listed per peer")
     parser.add_argument("--torch-python", default="",
                         help="a Python with torch==2.13.0, to profile PyTorch's step too")

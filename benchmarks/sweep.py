@@ -37,10 +37,11 @@ QUICK = [("mlp", (128, 64), 100, 2), ("mlp", (512, 512), 100, 2)]
 _MARK = "<!-- sweep table -->"
 
 
-def _peers(row, torch_python):
+def _peers(row, torch_python, skipped):
     names = ["ours", "plain", "module", "gluon", "floor", "floor:naive", "update"]
     names += ["gemm"] if row[0] == "mlp" else []
-    return names + (["torch:1", f"torch:{os.cpu_count()}"] if torch_python else [])
+    names += ["torch:1", f"torch:{os.cpu_count()}"] if torch_python else []
+    return [name for name in names if name not in skipped]
 
 
 def _run(peer, row, data_dir, python, threads):
@@ -81,12 +82,16 @@ def _threads(row):
 
 
 def _table(rows, results, peers_of):
-    columns = ["ours", "plain", "module", "gluon", "torch:1", f"torch:{os.cpu_count()}", "floor",
-               "update", "gemm"]
-    head = ["network, hidden, batch", "threads", "ours", "ours --no-fast", "Module.fit", "Gluon",
-            "PyTorch 1 thread", f"PyTorch {os.cpu_count()} threads", "MXNet fwd+bwd floor",
-            "our update alone", "GEMMs only", "ours / floor", "ours / best PyTorch"]
-    lines = [f"On {cpu_kind()}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    names = {"ours": "ours", "plain": "ours --no-fast", "module": "Module.fit", "gluon": "Gluon",
+             "torch:1": "PyTorch 1 thread", f"torch:{os.cpu_count()}":
+             f"PyTorch {os.cpu_count()} threads", "floor": "MXNet fwd+bwd floor",
+             "update": "our update alone", "gemm": "GEMMs only"}
+    # The columns of the peers that some row measured.
+    columns = [peer for peer in names if any(peer in peers_of[row] for row in rows)]
+    head = ["network, hidden, batch", "threads", *(names[peer] for peer in columns),
+            "ours / floor", "ours / best PyTorch"]
+    lines = [f"On {time.strftime('%Y-%m-%d')}, on {cpu_kind()}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         got = {peer: statistics.median(s for s, _ in results[(row, peer)])
                for peer in peers_of[row]}
@@ -121,6 +126,9 @@ def main():
         default=sys.executable if importlib.util.find_spec("torch") else "",
         help="a Python with torch==2.13.0 (and this project's requirements); empty: no PyTorch",
     )
+    parser.add_argument(
+        "--skip", default="", help="peers left out, such as update,gemm (the floor's never)"
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "sweep.json"))
     parser.add_argument(
         "--doc", help="replace the table in this Markdown file (between its sweep markers)"
@@ -134,7 +142,8 @@ def main():
                 f"--rows takes row numbers from 1 to {len(rows)}, such as 1,2; got {args.rows}"
             )
         rows = [rows[number - 1] for number in numbers]
-    peers_of = {row: _peers(row, args.torch_python) for row in rows}
+    skipped = set(filter(None, args.skip.split(","))) - {"ours", "floor", "floor:naive"}
+    peers_of = {row: _peers(row, args.torch_python, skipped) for row in rows}
     results = {(row, peer): [] for row in rows for peer in peers_of[row]}
     started = time.time()
     for round_ in range(args.rounds):
