@@ -38,6 +38,31 @@ VARIANTS = ("floor", "metrics", "gather", "update:mxnet", "update:numpy", "meter
 LR = 0.1
 
 
+def _bound(net, shape, rng):
+    """An executor of net on the CPU, with random weights, and no gradients for the inputs."""
+    import mxnet as mx
+
+    from harness.datasets import DATA, LABEL
+    req = {name: "null" if name in (DATA, LABEL) else "write" for name in net.list_arguments()}
+    exe = net.simple_bind(mx.cpu(), grad_req=req, **{DATA: shape, LABEL: shape[:1]})
+    for name, array in exe.arg_dict.items():
+        array[:] = (rng.randint(0, 10, array.shape) if name == LABEL
+                    else rng.uniform(-0.05, 0.05, array.shape))
+    return exe
+
+
+def _places(exe):
+    """place -> (params, grads) of exe by name: the NDArrays (mxnet) or numpy views of them."""
+    from harness import fast
+    from harness.datasets import DATA, LABEL
+    names = [name for name in exe.arg_dict if name not in (DATA, LABEL)]
+    return {
+        "mxnet": ({n: exe.arg_dict[n] for n in names}, {n: exe.grad_dict[n] for n in names}),
+        "numpy": ({n: fast.host_view(exe.arg_dict[n]) for n in names},
+                  {n: fast.host_view(exe.grad_dict[n]) for n in names}),
+    }
+
+
 def _variants(network_name, hidden, batch):
     """variant -> a function that runs one step of it (its step number given)."""
     import mxnet as mx
@@ -45,31 +70,16 @@ def _variants(network_name, hidden, batch):
 
     import metrics
     import optimizer
-    from harness import fast
     from harness.datasets import DATA, LABEL
     symbol = network.get_symbol(network_name, hidden)
-    graph = network.training_graph(symbol, "builtin")
     shape = (batch, *network.sample_shape(network_name))
     rng = np.random.RandomState(0)
-
-    def bound(net):
-        req = {name: "null" if name in (DATA, LABEL) else "write" for name in net.list_arguments()}
-        exe = net.simple_bind(mx.cpu(), grad_req=req, **{DATA: shape, LABEL: shape[:1]})
-        for name, array in exe.arg_dict.items():
-            array[:] = (rng.randint(0, 10, array.shape) if name == LABEL
-                        else rng.uniform(-0.05, 0.05, array.shape))
-        return exe
-
-    plain, full = bound(symbol), bound(graph)
-    names = [name for name in full.arg_dict if name not in (DATA, LABEL)]
+    plain = _bound(symbol, shape, rng)
+    full = _bound(network.training_graph(symbol, "builtin"), shape, rng)
     resident = mx.nd.array(rng.uniform(0, 1, (10 * batch, *shape[1:])))
     labels = mx.nd.array(rng.randint(0, 10, 10 * batch))
     order = mx.nd.array(rng.permutation(10 * batch), dtype=np.int32)
-    places = {
-        "mxnet": ({n: full.arg_dict[n] for n in names}, {n: full.grad_dict[n] for n in names}),
-        "numpy": ({n: fast.host_view(full.arg_dict[n]) for n in names},
-                  {n: fast.host_view(full.grad_dict[n]) for n in names}),
-    }
+    places = _places(full)
     sgd, meter = optimizer.SGD(LR), metrics.Meter()
 
     def floor(step):

@@ -72,6 +72,22 @@ def _run(kind, n, data_dir, epochs, extra):
     return statistics.median(r["samples_per_second"] for r in records[1:]), records[-1]["test_acc"]
 
 
+def _print_table(rows, first, epochs):
+    """Print the Markdown table of the rows, each setup's speed-up against n=first."""
+    print(
+        f"| setup | n | samples/s | vs n={first} | test acc after {epochs} epochs | "
+        "samples/s by round |"
+    )
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        by_round = ", ".join(f"{s:.0f}" for s in row["rounds"])
+        print(
+            f"| {row['kind']} | {row['n']} | {row['samples_per_second']:.0f} | "
+            f"{row['speedup']:.2f}x | "
+            f"{100 * row['test_acc']:.2f}% | {by_round} |"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,18 +127,7 @@ def main():
         base = statistics.median(s for s, _ in runs[(kind, counts[0])])
         rows.append({"kind": kind, "n": n, "samples_per_second": speed, "speedup": speed / base,
                      "test_acc": results[-1][1], "rounds": [s for s, _ in results]})
-    print(
-        f"| setup | n | samples/s | vs n={counts[0]} | test acc after {args.epochs} epochs | "
-        "samples/s by round |"
-    )
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        by_round = ", ".join(f"{s:.0f}" for s in row["rounds"])
-        print(
-            f"| {row['kind']} | {row['n']} | {row['samples_per_second']:.0f} | "
-            f"{row['speedup']:.2f}x | "
-            f"{100 * row['test_acc']:.2f}% | {by_round} |"
-        )
+    _print_table(rows, counts[0], args.epochs)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(

@@ -63,6 +63,28 @@ def _seconds_per_epoch(row, threads, data_dir):
     return statistics.median(seconds[1:] if len(seconds) > 1 else seconds), records[-1]["test_acc"]
 
 
+def _table(rows, counts, results):
+    """The Markdown table of the rows: seconds per epoch at each thread count, and accuracies."""
+    head = ["network, hidden, batch", "MFLOP a step"] + [f"{count} threads" for count in counts]
+    head += [f"{count} / {counts[0]} threads" for count in counts[1:]] + ["test acc, each count"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        name, hidden, batch, _ = row
+        got = [
+            statistics.median(seconds for seconds, _ in results[(row, count)]) for count in counts
+        ]
+        accuracies = " / ".join(f"{100 * results[(row, count)][-1][1]:.2f}%" for count in counts)
+        cells = [f"{name} {','.join(map(str, hidden)) or '-'}, {batch}",
+                 f"{6 * network.multiply_adds(name, hidden) * batch / 1e6:,.0f}"]
+        cells += (
+            [f"{value:.3f}" for value in got]
+            + [f"{value / got[0]:.2f}" for value in got[1:]]
+            + [accuracies]
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,24 +113,7 @@ def main():
                 )
                 print(f"round {round_ + 1}/{args.rounds}: {row[:3]} {count} threads: "
                       f"{results[(row, count)][-1][0]:.3f} s/epoch", file=sys.stderr, flush=True)
-    head = ["network, hidden, batch", "MFLOP a step"] + [f"{count} threads" for count in counts]
-    head += [f"{count} / {counts[0]} threads" for count in counts[1:]] + ["test acc, each count"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        name, hidden, batch, _ = row
-        got = [
-            statistics.median(seconds for seconds, _ in results[(row, count)]) for count in counts
-        ]
-        accuracies = " / ".join(f"{100 * results[(row, count)][-1][1]:.2f}%" for count in counts)
-        cells = [f"{name} {','.join(map(str, hidden)) or '-'}, {batch}",
-                 f"{6 * network.multiply_adds(name, hidden) * batch / 1e6:,.0f}"]
-        cells += (
-            [f"{value:.3f}" for value in got]
-            + [f"{value / got[0]:.2f}" for value in got[1:]]
-            + [accuracies]
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    print("\n".join(lines))
+    print(_table(rows, counts, results))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(

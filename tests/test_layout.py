@@ -54,8 +54,27 @@ def test_train_is_short_names_simple_bind_and_uses_few_outside_names():
     assert 0 < len(outside) <= 20, sorted(outside)
 
 
+def _own_code():
+    """The project's own Python files, tests aside: the lesson, the package, benchmarks, CI."""
+    yield from (os.path.join(ROOT, name) for name in LESSON)
+    for folder in ("harness", "benchmarks", ".ci"):
+        yield from _python_files(folder)
+
+
+def test_no_class_is_over_250_lines_and_no_function_over_60():
+    for path in _own_code():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.ClassDef):
+                assert lines <= 250, f"{path}: class {node.name} is {lines} lines"
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert lines <= 60, f"{path}: {node.name} is {lines} lines"
+
+
 def test_no_function_takes_more_than_six_parameters_besides_self():
-    for path in [os.path.join(ROOT, name) for name in LESSON] + list(_python_files("harness")):
+    for path in _own_code():
         with open(path) as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):

@@ -573,14 +573,19 @@ def test_a_waiting_downloader_takes_over_when_the_first_is_killed(payloads, serv
     assert _cache_files() == _GZ_FILES and len(mirror.requests) == 5
 
 
+def _real_files(folder):
+    """The four gzipped files of real MNIST in folder, by file name, as a mirror serves them."""
+    served = {}
+    for name in datasets.FILES:
+        with open(os.path.join(folder, name + ".gz"), "rb") as f:
+            served[name + ".gz"] = f.read()
+    return served
+
+
 @pytest.mark.slow
 def test_the_trainer_downloads_real_mnist_from_mnist_mirror_showing_progress(real_mnist, serve,
                                                                              tmp_path):
-    served = {}
-    for name in datasets.FILES:
-        with open(os.path.join(real_mnist, name + ".gz"), "rb") as f:
-            served[name + ".gz"] = f.read()
-    mirror = serve(served, "chunked")
+    mirror = serve(_real_files(real_mnist), "chunked")
     env = dict(os.environ, MNIST_MIRROR=mirror.url, MXNET_HOME=str(tmp_path / "home"))
     done = subprocess.run([sys.executable, "train_mnist.py", "--dry-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -598,11 +603,7 @@ def test_the_trainer_downloads_real_mnist_from_mnist_mirror_showing_progress(rea
 @pytest.mark.slow
 def test_ctrl_c_mid_download_ends_the_trainer_in_one_line_and_leaves_nothing(real_mnist, serve,
                                                                              tmp_path):
-    served = {}
-    for name in datasets.FILES:
-        with open(os.path.join(real_mnist, name + ".gz"), "rb") as f:
-            served[name + ".gz"] = f.read()
-    mirror = serve(served, "pause first")
+    mirror = serve(_real_files(real_mnist), "pause first")
     home = tmp_path / "home"
     env = dict(os.environ, MNIST_MIRROR=mirror.url, MXNET_HOME=str(home))
     trainer = subprocess.Popen([sys.executable, "train_mnist.py"], cwd=ROOT, env=env,
