@@ -325,6 +325,10 @@ class held:
 
     def __exit__(self, *exc_info):
         _State.deferred = self._outer
+        if (_State.received is not None and not _State.guarded and not _State.deferred
+                and not _State.serving):
+            # Nobody would catch Interrupted: end as a signal before main() does.
+            exit_now(_line(_State.received))
 
 
 def check():

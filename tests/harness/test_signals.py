@@ -384,3 +384,35 @@ def test_a_run_that_ignores_sighup_still_stops_on_sigterm(mnist, tmp_path):
     assert process.returncode == 130 and err.startswith("train_mnist.py: stopped by SIGTERM ")
     assert err.count("\n") == 1, err
 
+
+
+# A signal inside signals.held() (as MXNet's engine starts): the block finishes, then the stop.
+_HELD = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from harness import errors, signals
+signals.install("prog")
+def block():
+    with signals.held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        print("the block finished", flush=True)
+def main():
+    if sys.argv[2] == "unguarded":
+        block()
+    with signals.guard(), errors.reported("prog") as outcome:
+        signals.set_stage("before training began; nothing saved")
+        block()
+        signals.check()
+        print("not stopped", flush=True)
+    return outcome.code
+signals.run(main)
+"""
+
+
+@pytest.mark.parametrize("where", ["guarded", "unguarded"])
+def test_a_signal_inside_a_held_block_stops_the_process_once_the_block_is_done(where):
+    done = subprocess.run([sys.executable, "-c", _HELD, ROOT, where], capture_output=True,
+                          text=True, timeout=60, preexec_fn=default_signals)
+    assert done.returncode == 130 and done.stdout == "the block finished\n", done
+    assert done.stderr == "prog: stopped by SIGTERM before training began; nothing saved\n"
