@@ -11,6 +11,8 @@ import sys
 import tempfile
 import warnings
 
+from harness import signals
+
 # The work (floating-point operations of a step, forward and backward, on one context) that each
 # OpenMP thread needs to pay for itself. On the 2-core development machine a second thread made a
 # step of 161 MFLOP 15% slower and one of 401 MFLOP 27% faster (docs/speed.md): below that, waking
@@ -146,7 +148,6 @@ def _start_engine(engine):
     to stderr meanwhile is passed on, and a second signal's line, which ends the process at once,
     goes to the real stderr.
     """
-    from harness import signals
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured, signals.held():
