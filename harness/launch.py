@@ -10,7 +10,8 @@ notice a process that dies: the job then waits forever, and a stopped launcher l
 running. So this module runs it under a watchdog (harness/launched.py is its side inside the job):
 
 - each process of the job runs under a guard, which reports its exit;
-- the scheduler listens on a free port of its own, so that jobs on one machine do not collide;
+- the scheduler listens on a free port of its own, drawn below the system's range for bind(0),
+  so that jobs on one machine do not collide;
 - the launcher owns its signals from its first line (harness/signals.py). A stop, whether a signal
   to the launcher, to a server or to the scheduler (which ask the launcher for it), is a clean stop
   once every worker is in its training loop: SIGTERM to the workers alone, which agree on the step
@@ -39,6 +40,7 @@ if __name__ == "__main__":
     signals.install("harness.launch")
 
 import argparse
+import random
 import re
 import secrets
 import shlex
@@ -53,6 +55,8 @@ import time
 from harness import launched
 from harness.errors import FAILED, REFUSED, STOPPED, SUCCESS
 
+# The lowest port the scheduler may listen on: many services have theirs below it.
+_LOWEST_PORT = 10000
 # After SIGTERM, before SIGKILL: a process blocked in ps-lite does not see SIGTERM.
 _GRACE_S = 3.0
 # How long the reports of a job may trail the tracker's exit, when its scheduler did not end well.
@@ -168,13 +172,38 @@ def _guard_path(args):
 
 
 def _free_port():
-    """A port that the system has just given out, not the tracker's first free one from 9091.
+    """A free port for the scheduler, drawn at random below the system's range for bind(0).
 
-    The tracker's own search gives two jobs started together the same port.
+    The tracker's own search gives two jobs started together the same port. A port from bind(0)
+    is no better: ps-lite's other nodes, and every outgoing connection, take theirs from that
+    range, so another job can hold it before the scheduler binds it. Below the range, only another
+    draw of the same port can.
     """
+    first = _first_ephemeral_port()
+    if first - _LOWEST_PORT >= 1000:
+        draw = random.SystemRandom()
+        for _ in range(100):
+            port = draw.randrange(_LOWEST_PORT, first)
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("", port))
+                except OSError:
+                    continue
+            return port
+    # No room below the range, or nothing free there.
     with socket.socket() as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]
+
+
+def _first_ephemeral_port():
+    """The first port of the range the system gives out for bind(0) and connect()."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read(64).split()[0])
+    except (OSError, ValueError, IndexError):
+        # Not Linux: the range IANA suggests, which macOS and Windows use.
+        return 49152
 
 
 class _Job:
@@ -213,13 +242,18 @@ class _Job:
                     r"code=(-?\d+)", rf"{launched.LOST} role=(\S*) host=(\S*) code=(-?\d+)",
                     rf"{signals.STOP_REQUEST} {tag} (\S+) (\d+) (\S+) (\S+)",
                     rf"{signals.LOOP} {tag} (in|out)")
+        cut = False
         for line in self.process.stdout:
-            # On a terminal (ssh -tt), a job's line may follow a progress bar left unfinished.
+            # A job's line may follow another process's unfinished one: a progress bar on a
+            # terminal (ssh -tt), or a line printed unbuffered, whose newline then comes next.
             found = [re.search(pattern + r"\s*$", line) for pattern in patterns]
             kind = next((i for i, match in enumerate(found) if match), None)
             if kind is None:
-                self._relay(line)
+                if not (cut and line == "\n"):
+                    self._relay(line)
+                cut = False
                 continue
+            cut = found[kind].start() > 0
             self._relay(line[:found[kind].start()])
             self._take(kind, found[kind].groups())
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 
-from harness.signals import JOB_TAG
+from harness.signals import JOB_TAG, say_to_launcher
 
 HERE = os.path.abspath(__file__)
 # How a guard's report line starts, and the tracker's of a launch command that failed.
@@ -76,8 +76,8 @@ def _report_launch_failure(hook):
     command = str(error.cmd)
     role = re.search(r"DMLC_ROLE=(\w+)", command)
     host = re.search(r"DMLC_NODE_HOST=([^;\s']+)", command)
-    print(f"{LOST} role={role[1] if role else '?'} host={host[1] if host else '?'} "
-          f"code={error.returncode}", flush=True)
+    say_to_launcher(f"{LOST} role={role[1] if role else '?'} host={host[1] if host else '?'} "
+                    f"code={error.returncode}")
 
 
 def guard(tag, command):
@@ -112,8 +112,8 @@ def guard(tag, command):
         forward(signum, None)
     code = child[0].wait()
     task = os.environ.get("DMLC_TASK_ID", "")
-    print(f"{MARK} {tag} role={role} task={task} host={socket.gethostname()} pid={child[0].pid} "
-          f"code={code}", flush=True)
+    say_to_launcher(f"{MARK} {tag} role={role} task={task} host={socket.gethostname()} "
+                    f"pid={child[0].pid} code={code}")
     return code if code >= 0 else 128 - code
 
 
@@ -121,7 +121,6 @@ if __name__ == "__main__":
     code = main(sys.argv[1:])
     if sys.argv[1:2] == ["--guard"]:
         # The report is out: no signal in Python's own shutdown may change the guard's exit code.
-        sys.stdout.flush()
         os._exit(code)
     # The tracker is in a session of its own, which only harness.launch signals.
     sys.exit(code)

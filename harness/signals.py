@@ -167,11 +167,16 @@ def _request_stop(signum):
     tag = os.environ.get(JOB_TAG)
     if tag:
         role = os.environ.get("DMLC_ROLE", "?")
-        _say(f"{STOP_REQUEST} {tag} {name(signum)} {_State.count} {role} {os.uname().nodename}")
+        say_to_launcher(f"{STOP_REQUEST} {tag} {name(signum)} {_State.count} {role} "
+                        f"{os.uname().nodename}")
 
 
-def _say(line):
-    """Write line on stdout at once, in one write, whatever Python's own buffer holds."""
+def say_to_launcher(line):
+    """Write a line for harness.launch on stdout in one write, whatever Python's buffer holds.
+
+    The job's processes share one pipe. Python writes print()'s text and its newline apart when
+    unbuffered (PYTHONUNBUFFERED, -u), and another process's line could come in between them.
+    """
     try:
         os.write(1, (line + "\n").encode())
     except OSError:
@@ -293,7 +298,7 @@ class deferred:
         """Tell harness.launch, in a worker of its job, that the training loop is in or out."""
         tag = os.environ.get(JOB_TAG)
         if tag and os.environ.get("DMLC_ROLE") == "worker":
-            _say(f"{LOOP} {tag} {where}")
+            say_to_launcher(f"{LOOP} {tag} {where}")
 
     @property
     def pending(self):

@@ -1,6 +1,7 @@
 """Several devices in one process, and dist_sync workers launched by python -m harness.launch."""
 # On this machine: as local processes, and over ssh to 127.0.0.1. Each job carries a variable of its
 # own test, so that no test counts, or stops, the processes of anyone else's job.
+import io
 import json
 import os
 import shlex
@@ -9,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
 import train_mnist
+from harness import launch as launch_module
 from helpers import (
     FIGURES,
     JOB_MARK,
@@ -95,6 +98,40 @@ def test_two_workers_one_server_train_like_one_process(synthetic_dir, tmp_path, 
     assert not job.processes()
 
 
+def test_every_line_a_process_says_to_the_launcher_is_one_write_even_unbuffered(synthetic_dir,
+                                                                               tmp_path):
+    # The job's processes share one pipe: a line written in two parts can have another process's
+    # line between them. A datagram socket keeps each write apart, to count them.
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LAUNCH_JOB_TAG="job-1", DMLC_ROLE="worker",
+               DMLC_TASK_ID="0")
+    command = [sys.executable, os.path.join(ROOT, "harness", "launched.py"), "--guard", "job-1",
+               "--", *TRAIN, "--data-dir", synthetic_dir, *FLAGS, "--num-epochs", "1",
+               "--model-prefix", str(tmp_path / "model")]
+    with writer:
+        guard = subprocess.Popen(command, stdout=writer, stderr=subprocess.PIPE, text=True, env=env)
+    with reader:
+        writes = list(iter(lambda: reader.recv(1 << 16).decode(), ""))
+    assert guard.wait(timeout=120) == 0 and guard.stderr.read() == ""
+    said = [text for text in writes if "@@harness.launch" in text]
+    kinds = [text.split()[0] for text in said]
+    assert kinds == ["@@harness.launch-loop", "@@harness.launch-loop", "@@harness.launch"]
+    assert said[0] == "@@harness.launch-loop job-1 in\n" and said[1].endswith(" out\n")
+    assert said[2].startswith("@@harness.launch job-1 role=worker task=0 ")
+    assert said[2].endswith(" code=0\n") and said[2].count("\n") == 1
+
+
+def test_a_report_written_inside_another_processs_line_is_taken_and_that_line_kept(capsys):
+    # A worker printing unbuffered writes "final ..." and its newline apart; a report came between.
+    stream = ("final test accuracy 0.5000 after 1 epochs"
+              "@@harness.launch job-1 role=worker task=0 host=h pid=7 code=0\n\nnext\n")
+    process = types.SimpleNamespace(stdout=io.StringIO(stream), poll=lambda: 0)
+    job = launch_module._Job(process, (1, 1), ("job-1", [], None))
+    job.reader.join(timeout=10)
+    assert job.reports == [("worker", 0)]
+    assert capsys.readouterr().out == "final test accuracy 0.5000 after 1 epochs\nnext\n"
+
+
 @pytest.mark.slow
 def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_path, jobs):
     # Worker 1 reads other pixels, of the same sizes: without the check, the job would train.
@@ -115,6 +152,26 @@ def test_workers_on_different_data_are_refused_before_a_step(synthetic_dir, tmp_
     assert all(line.endswith(said) for line in lines), lines
     assert not [name for name in os.listdir(tmp_path) if name.startswith("dist")]
     assert not job.processes()
+
+
+@pytest.mark.parametrize("first_ephemeral", [None, 10500])
+def test_the_schedulers_port_is_free_and_outside_the_range_other_sockets_take(monkeypatch,
+                                                                             first_ephemeral):
+    # ps-lite's other nodes, and outgoing connections, take ports from the system's range: a
+    # scheduler port inside it can be taken by another job before the scheduler binds it.
+    if first_ephemeral:
+        monkeypatch.setattr(launch_module, "_first_ephemeral_port", lambda: first_ephemeral)
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(word) for word in f.read().split())
+    ports = {launch_module._free_port() for _ in range(20)}
+    for port in ports:
+        with socket.socket() as probe:
+            probe.bind(("", port))
+    if first_ephemeral:
+        # No room below the range: the system's own choice.
+        assert all(low <= port <= high for port in ports), ports
+    else:
+        assert all(10000 <= port < low for port in ports) and len(ports) > 15, ports
 
 
 @pytest.mark.slow
