@@ -121,5 +121,6 @@ class reported:
         else:
             return False
         if line:
-            print(line, file=sys.stderr)
+            # One write, line and newline: under a launcher, other processes share this pipe.
+            sys.stderr.write(line + "\n")
         return True

@@ -228,6 +228,9 @@ class _Job:
         # The launcher's own signal was acted on; the job is being ended (its output is dropped);
         # the launcher's stdout was closed under it.
         self.signalled, self.ending, self.closed = False, False, False
+        # A process's line has said how the job stopped: the same line from another is dropped.
+        # The lock keeps the job's stop to one line, whichever thread says it.
+        self.stop_said, self.speaking = False, threading.RLock()
         # When the tracker ended.
         self.ended = None
         # The first threads line of each kind: each process prints its own.
@@ -276,15 +279,24 @@ class _Job:
     def _relay(self, text):
         """Show text of the job's output, but once the job is being ended, and but repeats.
 
-        Each process of the job prints its threads line: each different one is shown once. A
+        Each process of the job prints its threads line: each different one is shown once. The
+        job's stop is said once: when each worker had the signal, each says the same line. A
         stdout closed under the launcher stops the job, as a SIGPIPE would; the line that says how
         a process of it ended (`PROGRAM: stopped by...`, `PROGRAM: error: ...`) then goes to stderr.
         """
         plain = text.replace("\x1b[K", "").strip()
-        if self.ending or not text or plain.startswith("threads: ") and plain in self.threads:
+        with self.speaking:
+            self._show(text, plain)
+
+    def _show(self, text, plain):
+        """_relay's work, under the lock that keeps the job's stop to one line."""
+        stop = re.match(r"\S+: stopped by ", plain)
+        if (self.ending or not text or plain.startswith("threads: ") and plain in self.threads
+                or stop and self.stop_said):
             return
         if plain.startswith("threads: "):
             self.threads.add(plain)
+        self.stop_said = self.stop_said or bool(stop)
         if self.closed:
             if re.match(r"\S+: (stopped by |error: )", plain):
                 print(plain, file=sys.stderr, flush=True)
@@ -322,10 +334,14 @@ class _Job:
         if self.stopping or self.late:
             return None
         if self.loops["in"] < self.workers:
-            if by_worker:
-                self.ending = True
-                return STOPPED
-            return self._end(f"stopped by {cause} before training began; nothing saved", STOPPED)
+            with self.speaking:
+                # Every worker had the signal too (Slurm sends it to every process): a worker's
+                # line has said the stop.
+                if by_worker or self.stop_said:
+                    self.ending = True
+                    return STOPPED
+                return self._end(f"stopped by {cause} before training began; nothing saved",
+                                 STOPPED)
         if self.loops["out"]:
             # Training is over: the job ends by itself, and a worker's own stop has said so.
             self.late = None if by_worker else cause
@@ -377,7 +393,9 @@ class _Job:
             return self._end(f"error: {self.failed} while the job ran; stopping the others", FAILED)
         workers = [code for role, code in self.reports if role == "worker"]
         if len(self.reports) == self.expected or self.stopping and self._workers_done():
-            if self.late:
+            # A late signal, unless the workers had stopped by themselves (each process had the
+            # signal, as Slurm sends it): rank 0 has then said the stop's line.
+            if self.late and STOPPED not in workers:
                 return self._end(f"stopped by {self.late} as the job ended; its training had "
                                  "finished", STOPPED)
             # A clean stop: rank 0 has said what it saved, and how to resume.
@@ -405,8 +423,9 @@ class _Job:
 
     def _end(self, line, code):
         """Say line, stop relaying the job's output, and return code: the job is ended."""
-        self.ending = True
-        print(f"harness.launch: {line}", file=sys.stderr, flush=True)
+        with self.speaking:
+            self.ending = True
+            print(f"harness.launch: {line}", file=sys.stderr, flush=True)
         return code
 
     def end_now(self):

@@ -59,6 +59,10 @@ class _State:
     deferred = False
     # A parameter server or scheduler: it serves until the job stops, and says nothing.
     serving = False
+    # A worker of harness.launch's job: its signals are one stop. The batch system (Slurm signals
+    # every process), its guard and the launcher each pass one on, and the launcher ends a stop
+    # that takes too long.
+    one_stop = False
     # Called before the process ends at once (the launcher ends its job's processes).
     at_exit_now = None
     exiting = threading.Lock()
@@ -73,6 +77,7 @@ def install(program="train_mnist.py"):
         return
     _State.program = program
     _State.serving = os.environ.get("DMLC_ROLE") in ("server", "scheduler")
+    _State.one_stop = os.environ.get("DMLC_ROLE") == "worker" and bool(os.environ.get(JOB_TAG))
     _hold_standard_streams()
     # An Interrupted raised where Python cannot pass it on (a weakref callback, a __del__) is lost,
     # not printed as a traceback: check() raises it again.
@@ -111,7 +116,7 @@ def _watch(read_end):
     """Count each signal as it arrives, written here at the C level, whatever the main thread does.
 
     The first, before main() runs, ends the process; a serving process's asks for the job's stop;
-    the second always ends the process.
+    the second ends the process, but in a worker of harness.launch's job.
     """
     while True:
         for signum in os.read(read_end, 16):
@@ -122,10 +127,10 @@ def _watch(read_end):
                 _State.received = signum
             if _State.serving:
                 _request_stop(signum)
-            if _State.count >= 2:
+            if _State.count >= 2 and not _State.one_stop:
                 exit_now(None if _State.serving else
                          f"stopped by a second {name(signum)}; exiting now")
-            elif _State.serving:
+            elif _State.serving or _State.count >= 2:
                 continue
             elif not _State.guarded and not _State.deferred:
                 # Before main() runs: nothing to clean up, and nobody to catch Interrupted.

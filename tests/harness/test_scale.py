@@ -186,7 +186,7 @@ def test_two_jobs_on_one_machine_each_listen_on_a_port_of_their_own(synthetic_di
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["first", "last"])
+@pytest.mark.parametrize("victim", ["first", "last", "every process"])
 def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly(
     synthetic_dir, tmp_path, jobs, victim
 ):
@@ -201,8 +201,12 @@ def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly
     wait_for_file(prefix + "-0001.manifest.json", process=job.process)
     workers = sorted(job.processes("worker", trainers=True))
     assert len(workers) == 2
+    # "every process": as Slurm ends a job, one SIGTERM to each of its processes, all at once.
+    victims = {"first": workers[:1], "last": workers[-1:],
+               "every process": {job.process.pid, *job.processes()}}[victim]
     signalled = time.time()
-    os.kill(workers[0] if victim == "first" else workers[-1], signal.SIGTERM)
+    for pid in victims:
+        os.kill(pid, signal.SIGTERM)
     code, out, err = job.finish(timeout=60)
     assert code == 130 and time.time() - signalled < 15
     said = [line for line in (out + err).splitlines() if "stopped by" in line or "error" in line]
@@ -220,6 +224,22 @@ def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly
     figures = [[[json.loads(line)[k] for k in FIGURES] for line in open(path)]
                for path in (metrics, tmp_path / "straight.jsonl")]
     assert figures[0] == figures[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", [0.5, 1.5, 2.5, 3.5])
+def test_a_sigterm_to_every_process_of_a_starting_job_ends_it_with_one_line(synthetic_dir, tmp_path,
+                                                                          jobs, moment):
+    # As Slurm ends a job: one SIGTERM to each process, at moments of the job's start.
+    job = jobs(launch(TWO, _worker(synthetic_dir, str(tmp_path / "dist"), "--num-epochs", "1000")))
+    time.sleep(moment)
+    for pid in {job.process.pid, *job.processes()}:
+        os.kill(pid, signal.SIGTERM)
+    code, out, err = job.finish(timeout=60)
+    said = [line for line in (out + err).splitlines() if "stopped" in line or "error" in line]
+    assert code == 130 and len(said) == 1 and "Traceback" not in out + err, out + err
+    assert said[0].endswith(" began; nothing saved") or " in epoch " in said[0], said
+    assert not job.processes()
 
 
 @pytest.mark.slow
