@@ -431,10 +431,19 @@ class _Job:
     def end_now(self):
         """Before the launcher ends at once (a second signal): every local process of the job too.
 
-        The remote ones get a hangup as their ssh connections, the tracker's children, end.
+        The remote ones get a hangup as their ssh connections, the tracker's children, end. Here,
+        the launcher ends once none is left, or after the grace period: a process dies some
+        milliseconds after SIGKILL, and one the tracker forked as the signals went out is found on
+        the next look.
         """
         self.ending = True
-        _kill(self.process, self.where[0], signal.SIGKILL)
+        deadline = time.monotonic() + _GRACE_S
+        while True:
+            _kill(self.process, self.where[0], signal.SIGKILL)
+            gone = self.process.poll() is not None and not _tagged(self.where[0])
+            if gone or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         self.process.wait()
 
     def _missing(self):

@@ -16,7 +16,20 @@ from harness import compat
 # point.
 compat.install()
 
-from helpers import ISA_LIMITS, ROOT, Job, cpu_has_kind, need_real_mnist, write_mnist
+from helpers import (
+    ISA_LIMITS,
+    ROOT,
+    Job,
+    cpu_has_kind,
+    need_real_mnist,
+    pass_no_ignored_signals,
+    write_mnist,
+)
+
+
+def pytest_configure(config):
+    """A signal that pytest was started ignoring is not passed on to the processes tests start."""
+    pass_no_ignored_signals()
 
 
 @pytest.fixture

@@ -488,6 +488,23 @@ def default_signals():
         signal.signal(signum, signal.SIG_DFL)
 
 
+def pass_no_ignored_signals():
+    """Let the processes tests start take SIGINT, SIGTERM and SIGHUP, though pytest ignores them.
+
+    Under nohup or a script's `&`, pytest starts with a signal ignored, and each process it starts
+    would inherit that, which the trainer honours as nohup means it. A handler that does nothing
+    keeps pytest as immune, and exec() resets a handler to the default in the child.
+    """
+    import signal
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            signal.signal(signum, _ignore_signal)
+
+
+def _ignore_signal(signum, frame):
+    """Do nothing: pytest goes on, as when the signal was ignored."""
+
+
 def wait_for_signal_handlers(pid, timeout=30):
     """Wait until process pid has taken its signals: until its entry's first line has run.
 

@@ -1,6 +1,10 @@
-"""The two tiers: the quick one runs a function of every module of the lesson and of harness/."""
+"""The two tiers: the quick one runs a function of every module of the lesson and of harness/.
+
+And what every test's processes start with: the signals' defaults, whatever pytest inherited.
+"""
 import ast
 import os
+import signal
 import subprocess
 import sys
 
@@ -8,7 +12,8 @@ import pytest
 
 from helpers import LESSON, REAL_MNIST, ROOT
 
-REACH_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reach")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REACH_SITE = os.path.join(TESTS, "reach")
 
 
 def _modules():
@@ -70,3 +75,16 @@ def test_the_quick_tier_runs_a_function_of_every_module_of_the_lesson_and_of_har
     unreached = [os.path.relpath(path, ROOT) for path in _modules()
                  if not _functions(path) & reached.get(os.path.realpath(path), set())]
     assert unreached == []
+
+
+def test_a_signal_pytest_ignores_is_not_passed_on_to_the_processes_tests_start():
+    # As under nohup: SIGHUP ignored. The child must get the default; pytest must stay immune.
+    child = "import signal; print(signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)"
+    script = (f"import os, signal, subprocess, sys; sys.path.insert(0, {TESTS!r}); "
+              "from helpers import pass_no_ignored_signals; pass_no_ignored_signals(); "
+              f"said = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+              "text=True).stdout; os.kill(os.getpid(), signal.SIGHUP); "
+              "print(said.strip(), 'alive')")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert ran.stdout.split() == ["True", "alive"], ran.stderr
