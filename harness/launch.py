@@ -431,20 +431,10 @@ class _Job:
     def end_now(self):
         """Before the launcher ends at once (a second signal): every local process of the job too.
 
-        The remote ones get a hangup as their ssh connections, the tracker's children, end. Here,
-        the launcher ends once none is left, or after the grace period: a process dies some
-        milliseconds after SIGKILL, and one the tracker forked as the signals went out is found on
-        the next look.
+        The remote ones get a hangup as their ssh connections, the tracker's children, end.
         """
         self.ending = True
-        deadline = time.monotonic() + _GRACE_S
-        while True:
-            _kill(self.process, self.where[0], signal.SIGKILL)
-            gone = self.process.poll() is not None and not _tagged(self.where[0])
-            if gone or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        self.process.wait()
+        _kill_now(self.process, self.where[0])
 
     def _missing(self):
         """Which of the job's processes have not reported, as "1 of 3 workers"."""
@@ -520,6 +510,21 @@ def _kill(process, tag, signum):
             send(pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _kill_now(process, tag):
+    """SIGKILL to the tracker's session and the job's processes here, until none is left.
+
+    Within the grace period: a process dies some milliseconds after SIGKILL, and one the tracker
+    forked as the signals went out is found on the next look.
+    """
+    deadline = time.monotonic() + _GRACE_S
+    while True:
+        _kill(process, tag, signal.SIGKILL)
+        if process.poll() is not None and not _tagged(tag) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    process.wait()
 
 
 def _stop(process, tag, hosts, ssh_config):
