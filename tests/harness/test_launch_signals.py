@@ -2,6 +2,7 @@
 # Every test here launches a job of 2 workers, 1 server and the scheduler on this machine, and
 # signals some of its processes: all slow.
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -117,11 +118,15 @@ def test_a_sigterm_to_a_serving_process_stops_the_job_cleanly_with_rank_0s_line(
     _training(job, prefix)
     os.kill(job.processes(role, trainers=True)[0], signal.SIGTERM)
     line, out = _ended_with_one_line(job)
-    assert line.startswith("train_mnist.py: stopped by SIGTERM in epoch ") and (
-        "Resume with: " in line), line
+    # Mostly in epoch 2; now and then between epochs, when the save of epoch 1 is the one named.
+    # The launcher signals each worker: rank 0 names the signal unless rank 1's stop came first.
+    stop = re.match(r"train_mnist\.py: stopped by (?:SIGTERM|a signal to another worker) "
+                    r"(in|after) epoch \d+.*; saved \S+\. Resume with: ", line)
+    assert stop, line
+    between = stop.group(1) == "after"
     stem = line.split("; saved ")[1].split(". Resume with")[0]
     tags = checkpoint.listing(prefix)
-    assert stem == tags[-1].stem(prefix) and tags[-1].interrupted
+    assert stem == tags[-1].stem(prefix) and tags[-1].interrupted != between
     checkpoint.verify(prefix, tags[-1])
     # Each of the job's four processes printed its threads line; the job shows it once.
     assert out.count("threads: ") == 1, out

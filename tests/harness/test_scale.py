@@ -4,6 +4,7 @@
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -210,10 +211,17 @@ def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly
     code, out, err = job.finish(timeout=60)
     assert code == 130 and time.time() - signalled < 15
     said = [line for line in (out + err).splitlines() if "stopped by" in line or "error" in line]
-    assert len(said) == 1 and " in epoch " in said[0] and "Traceback" not in out + err, out + err
+    assert len(said) == 1 and "Traceback" not in out + err, out + err
     assert not job.processes()
-    again = shlex.split(said[0].split("Resume with: ")[1])
-    assert again[:3] == [sys.executable, "-m", "harness.launch"] and "--resume" in again
+    # Mostly in epoch 2; now and then between epochs, which resumes from the epoch's checkpoint.
+    # Rank 0 says the job's stop, naming the signal if it was its own.
+    stop = re.fullmatch(r"train_mnist\.py: stopped by (?:SIGTERM|a signal to another worker) "
+                        r"(in epoch 2 after batch \d+|after epoch [12]); saved \S+\. Resume with: "
+                        r"(.*)", said[0])
+    assert stop, said
+    where, again = stop.group(1), shlex.split(stop.group(2))
+    resumes = "--resume" if where.startswith("in") else "--load-epoch"
+    assert again[:3] == [sys.executable, "-m", "harness.launch"] and resumes in again
     done = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (
@@ -228,9 +236,11 @@ def test_a_sigterm_to_one_worker_stops_the_job_in_seconds_and_it_resumes_exactly
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", [0.5, 1.5, 2.5, 3.5])
-def test_a_sigterm_to_every_process_of_a_starting_job_ends_it_with_one_line(synthetic_dir, tmp_path,
-                                                                          jobs, moment):
-    # As Slurm ends a job: one SIGTERM to each process, at moments of the job's start.
+def test_a_sigterm_to_every_process_in_a_jobs_first_seconds_ends_it_with_one_line(
+    synthetic_dir, tmp_path, jobs, moment
+):
+    # As Slurm ends a job: one SIGTERM to each process, at moments of its start (training begins
+    # after about 3 s here).
     job = jobs(launch(TWO, _worker(synthetic_dir, str(tmp_path / "dist"), "--num-epochs", "1000")))
     time.sleep(moment)
     for pid in {job.process.pid, *job.processes()}:
@@ -238,7 +248,9 @@ def test_a_sigterm_to_every_process_of_a_starting_job_ends_it_with_one_line(synt
     code, out, err = job.finish(timeout=60)
     said = [line for line in (out + err).splitlines() if "stopped" in line or "error" in line]
     assert code == 130 and len(said) == 1 and "Traceback" not in out + err, out + err
-    assert said[0].endswith(" began; nothing saved") or " in epoch " in said[0], said
+    # Small epochs: on a fast machine the job may already be training, even between epochs.
+    training = r" (in epoch \d+ after batch \d+|after epoch \d+); saved \S+\. Resume with: "
+    assert said[0].endswith(" began; nothing saved") or re.search(training, said[0]), said
     assert not job.processes()
 
 
