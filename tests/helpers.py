@@ -477,17 +477,6 @@ signals.run(lambda: train_mnist.main(sys.argv[2:]))
 """
 
 
-def default_signals():
-    """In a child, before it runs: SIGINT, SIGTERM and SIGHUP by default, whatever pytest inherited.
-
-    A signal ignored when a process starts stays ignored by the trainer (as nohup means it), and a
-    pytest started by `nohup` or a script's `&` would pass that on to every trainer it starts.
-    """
-    import signal
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def pass_no_ignored_signals():
     """Let the processes tests start take SIGINT, SIGTERM and SIGHUP, though pytest ignores them.
 
@@ -536,7 +525,6 @@ def train_with_faults(argv, env=None, wait=True, timeout=120):
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, **(env or {})),
-        preexec_fn=default_signals,
     )
     if not wait:
         return process
@@ -627,7 +615,7 @@ class Job:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=dict(os.environ, **{JOB_MARK: self.mark}, **(env or {})),
             stdout=popen.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, text=True,
-            preexec_fn=popen.pop("preexec_fn", default_signals), **popen)
+            **popen)
         self.lines = {"out": [], "err": []}
         self._arrived = threading.Condition()
         self._readers = [threading.Thread(target=self._read, args=(name, stream), daemon=True)

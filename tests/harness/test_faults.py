@@ -19,7 +19,6 @@ import network
 from harness import checkpoint, datasets
 from helpers import (
     TRAIN,
-    default_signals,
     drawn,
     exit_code,
     fifo,
@@ -867,7 +866,6 @@ def test_a_signal_during_startup_is_one_line_and_exit_130(saved, signum):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=default_signals,
         )
         wait_for_signal_handlers(process.pid)
         time.sleep(delay)
@@ -897,7 +895,6 @@ def test_a_second_signal_exits_at_once_with_one_more_line(saved, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=default_signals,
     )
     wait_for_file(prefix + "-0001.manifest.json", process=process, poll=0.01)
     process.send_signal(signal.SIGINT)

@@ -16,7 +16,6 @@ from helpers import (
     JOB_MARK,
     ROOT,
     TRAIN,
-    default_signals,
     flags,
     launch,
     marked_processes,
@@ -188,7 +187,6 @@ def test_a_signal_to_the_launcher_as_the_job_ends_lets_it_end_and_says_so(synthe
 
 def test_a_job_launched_under_nohup_trains_through_hangups(synthetic_dir, tmp_path, jobs):
     def nohup():
-        default_signals()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     prefix = str(tmp_path / "m")
     job = _start(jobs, synthetic_dir, prefix, epochs=4, preexec_fn=nohup)
@@ -210,7 +208,7 @@ def test_a_stdout_closed_under_the_launcher_stops_the_job_with_its_line_on_stder
                  [*TRAIN, "--data-dir", synthetic_dir, "--num-epochs", "1000", *FLAGS])
     done = subprocess.run(["bash", "-o", "pipefail", "-c", shlex.join(job) + " | head -4"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, **{JOB_MARK: mark}), preexec_fn=default_signals)
+                          env=dict(os.environ, **{JOB_MARK: mark}))
     assert done.returncode == 130 and done.stdout.startswith("threads: "), done
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and "stopped by " in lines[0] and "Traceback" not in done.stderr, lines

@@ -13,7 +13,6 @@ from harness import checkpoint
 from helpers import (
     ROOT,
     TRAIN,
-    default_signals,
     flags,
     synthetic_arrays,
     train_with_faults,
@@ -121,8 +120,7 @@ def _long_run(folder, prefix):
     command = TRAIN + ["--data-dir", folder,
                "--model-prefix", prefix, "--network", "lenet", "--batch-size", "1000",
                "--num-epochs", "1000", "--disp-batches", "1", "--plot-dir", "none"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=default_signals)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while " batch " not in process.stdout.readline():
         pass
     return process
@@ -217,7 +215,6 @@ def _installed(**popen):
                          ids=["nohup", "a script's &", "all three"])
 def test_a_signal_ignored_at_the_start_stays_ignored_and_the_others_are_handled(ignored):
     def start():
-        default_signals()
         for name in ignored:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     said = _installed(preexec_fn=start, stdout=subprocess.DEVNULL)
@@ -230,7 +227,6 @@ def test_a_signal_ignored_at_the_start_stays_ignored_and_the_others_are_handled(
 @pytest.mark.parametrize("closed", [(0,), (1,), (0, 1)], ids=["stdin", "stdout", "both"])
 def test_a_standard_stream_closed_at_the_start_is_held_by_dev_null_before_any_file_opens(closed):
     def start():
-        default_signals()
         for fd in closed:
             os.close(fd)
     said = _installed(preexec_fn=start, stdout=subprocess.PIPE)
@@ -264,7 +260,7 @@ def test_a_signal_as_the_process_ends_stops_a_run_that_succeeded_and_leaves_a_fa
     outcome, code, err
 ):
     done = subprocess.run([sys.executable, "-c", _AT_THE_END, ROOT, outcome], capture_output=True,
-                          text=True, timeout=60, preexec_fn=default_signals)
+                          text=True, timeout=60)
     assert (done.returncode, done.stderr) == (code, err)
 
 
@@ -274,7 +270,7 @@ def _tiny_run(folder, *extra, **popen):
                "--num-hidden", "16", "--num-epochs", "1", "--batch-size", "50", "--disp-batches",
                "0", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=popen.pop("preexec_fn", default_signals), **popen)
+                            **popen)
 
 
 def _ended_well(process, stopped_line):
@@ -356,7 +352,6 @@ def test_a_signal_at_any_moment_of_a_run_ends_it_with_its_line_and_130_or_it_fin
 def test_a_run_that_started_with_a_signal_ignored_trains_through_it(mnist, tmp_path, ignored,
                                                                       sent):
     def start():
-        default_signals()
         signal.signal(getattr(signal, ignored), signal.SIG_IGN)
     prefix = str(tmp_path / "m")
     process = _tiny_run(mnist, "--model-prefix", prefix, "--num-epochs", "3", preexec_fn=start)
@@ -373,7 +368,6 @@ def test_a_run_that_started_with_a_signal_ignored_trains_through_it(mnist, tmp_p
 @pytest.mark.slow
 def test_a_run_that_ignores_sighup_still_stops_on_sigterm(mnist, tmp_path):
     def start():
-        default_signals()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     process = _tiny_run(mnist, "--num-epochs", "1000", preexec_fn=start)
     while " train loss " not in process.stdout.readline():
@@ -413,6 +407,6 @@ signals.run(main)
 @pytest.mark.parametrize("where", ["guarded", "unguarded"])
 def test_a_signal_inside_a_held_block_stops_the_process_once_the_block_is_done(where):
     done = subprocess.run([sys.executable, "-c", _HELD, ROOT, where], capture_output=True,
-                          text=True, timeout=60, preexec_fn=default_signals)
+                          text=True, timeout=60)
     assert done.returncode == 130 and done.stdout == "the block finished\n", done
     assert done.stderr == "prog: stopped by SIGTERM before training began; nothing saved\n"
